@@ -1,0 +1,3 @@
+from hyperp.cli import main
+
+raise SystemExit(main())

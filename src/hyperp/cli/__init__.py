@@ -1,0 +1,57 @@
+"""The ``hyperp`` command line: one module per verb, each with ``register(subparsers)``.
+
+Verb modules import their heavy dependencies (torch, matplotlib) inside the handler, so that
+``hyperp --help`` and the torch-free verbs start quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Verb name -> module under hyperp.cli that defines register(subparsers).
+VERBS: dict[str, str] = {
+    "transfer": "hyperp.cli.transfer",
+}
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line, no traceback, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hyperp",
+        description="Transferable hypersphere optimization (HyperP) for language models.",
+        epilog="Run 'hyperp VERB --help' for the options and an example of each verb.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for module_name in VERBS.values():
+        importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        print(f"hyperp {args.verb}: error: {error}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as error:
+        # Library code raises these for user mistakes with a message that names the fix.
+        print(f"hyperp {args.verb}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def add_verb(sub, name: str, *, help: str, example: str, description: str | None = None):
+    """Create a verb parser whose --help ends with a worked example."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
