@@ -1,0 +1,589 @@
+"""The fits of METHOD.md section 6: LR optima, power laws, loss against compute, leverage.
+
+Plain arrays in, small result objects out; numpy and scipy only (no torch), so a sweep can be
+re-analysed on any machine from its files.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import OptimizeWarning, curve_fit, least_squares
+
+__all__ = [
+    "ComputeCurve",
+    "LROptimum",
+    "PowerLawFit",
+    "SensitivityResult",
+    "fit_loss_vs_compute",
+    "fit_lr_optimum",
+    "fit_power_law",
+    "leverage",
+    "sweep_sensitivity",
+]
+
+ArrayLike = Sequence[float] | np.ndarray
+
+# More k-subsets than this are sampled (without replacement, seeded) rather than enumerated.
+MAX_SENSITIVITY_SUBSETS = 20000
+
+
+def _as_float_array(values: ArrayLike, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=float).reshape(-1)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be numbers, got {values!r}") from error
+    return array
+
+
+def _paired(x: ArrayLike, y: ArrayLike, x_name: str, y_name: str) -> tuple[np.ndarray, np.ndarray]:
+    x_array = _as_float_array(x, x_name)
+    y_array = _as_float_array(y, y_name)
+    if x_array.shape != y_array.shape:
+        raise ValueError(
+            f"{x_name} and {y_name} must have the same length, got {x_array.size} and {y_array.size}"
+        )
+    return x_array, y_array
+
+
+# --------------------------------------------------------------------------------------------
+# LR optimum of one sweep (METHOD.md 6): loss = a (ln lr)^2 + b ln lr + c
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LROptimum:
+    """The result of ``fit_lr_optimum``.
+
+    ``lr`` and ``loss`` are the fitted optimum only when ``inside`` is true; otherwise they are
+    NaN and ``reason`` says why, so an extrapolated vertex is never used by accident. The
+    parabola's vertex is still available as ``vertex_lr``/``vertex_loss`` (NaN when ``a <= 0``).
+    """
+
+    lr: float
+    loss: float
+    inside: bool
+    reason: str | None
+    lr_interval: tuple[float, float]
+    loss_interval: tuple[float, float]
+    vertex_lr: float
+    vertex_loss: float
+    best_lr: float
+    best_loss: float
+    coefficients: tuple[float, float, float]  # (a, b, c) of a (ln lr)^2 + b ln lr + c
+    lrs: np.ndarray = field(repr=False)
+    losses: np.ndarray = field(repr=False)
+    residuals: np.ndarray = field(repr=False)
+    rms_residual: float = math.nan
+    n_points: int = 0
+    dropped: int = 0  # points left out because their loss (or LR) was not finite
+    bootstrap: int = 0
+    bootstrap_failures: int = 0  # resamples without a minimum (a <= 0 or < 3 distinct LRs)
+
+    @property
+    def lr_range(self) -> tuple[float, float]:
+        return float(self.lrs.min()), float(self.lrs.max())
+
+    def curve(self, lrs: ArrayLike) -> np.ndarray:
+        """The fitted parabola evaluated at ``lrs``."""
+        a, b, c = self.coefficients
+        log_lr = np.log(_as_float_array(lrs, "lrs"))
+        return a * log_lr**2 + b * log_lr + c
+
+    def to_dict(self) -> dict:
+        return {
+            "lr": self.lr,
+            "loss": self.loss,
+            "inside": self.inside,
+            "reason": self.reason,
+            "lr_interval": list(self.lr_interval),
+            "loss_interval": list(self.loss_interval),
+            "vertex_lr": self.vertex_lr,
+            "vertex_loss": self.vertex_loss,
+            "best_lr": self.best_lr,
+            "best_loss": self.best_loss,
+            "coefficients": list(self.coefficients),
+            "lr_range": list(self.lr_range),
+            "residuals": self.residuals.tolist(),
+            "rms_residual": self.rms_residual,
+            "n_points": self.n_points,
+            "dropped": self.dropped,
+            "bootstrap": self.bootstrap,
+            "bootstrap_failures": self.bootstrap_failures,
+        }
+
+
+def _clean_sweep(lrs: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray, int]:
+    lr_array, loss_array = _paired(lrs, losses, "lrs", "losses")
+    if np.any(np.isfinite(lr_array) & (lr_array <= 0)):
+        raise ValueError("learning rates must be positive (the fit is in ln lr)")
+    keep = np.isfinite(lr_array) & np.isfinite(loss_array)
+    dropped = int((~keep).sum())
+    lr_array, loss_array = lr_array[keep], loss_array[keep]
+    distinct = np.unique(lr_array).size
+    if distinct < 3:
+        detail = f" ({dropped} point(s) had a NaN/inf loss and were left out)" if dropped else ""
+        raise ValueError(
+            f"an LR optimum needs at least 3 distinct learning rates with finite losses, got "
+            f"{distinct}{detail}; add sweep points around the expected optimum"
+        )
+    return lr_array, loss_array, dropped
+
+
+def _weighted_quadratic(log_lr: np.ndarray, losses: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Least-squares (a, b, c) for each row of ``weights`` (bootstrap counts), batched.
+
+    Rows whose normal equations are singular (fewer than 3 distinct points drawn) give NaN.
+    """
+    design = np.stack([log_lr**2, log_lr, np.ones_like(log_lr)], axis=1)  # (n, 3)
+    # Normal equations per resample: (X^T W X) beta = X^T W y.
+    gram = np.einsum("rn,ni,nj->rij", weights, design, design)
+    rhs = np.einsum("rn,ni,n->ri", weights, design, losses)
+    distinct_drawn = (weights[:, None, :] > 0) & (
+        log_lr[None, None, :] == np.unique(log_lr)[None, :, None]
+    )
+    enough = distinct_drawn.any(axis=2).sum(axis=1) >= 3
+    coefficients = np.full((weights.shape[0], 3), np.nan)
+    if enough.any():
+        coefficients[enough] = np.linalg.solve(gram[enough], rhs[enough][..., None])[..., 0]
+    return coefficients
+
+
+def fit_lr_optimum(
+    lrs: ArrayLike, losses: ArrayLike, *, bootstrap: int = 1000, seed: int = 0
+) -> LROptimum:
+    """Fit ``loss = a (ln lr)^2 + b ln lr + c`` to one sweep and locate its minimum (METHOD.md 6).
+
+    The optimum is ``lr* = exp(-b / 2a)`` with ``loss*`` the fitted minimum. It is reported
+    (``inside=True``) only when ``a > 0`` and ``lr*`` lies within the swept range; otherwise
+    ``lr``/``loss`` are NaN, ``reason`` explains, and the best observed point is still given.
+    Points with a NaN or infinite loss (diverged runs) are left out and counted in ``dropped``.
+    The intervals are 95% percentile bootstrap intervals over resampled sweep points (NaN
+    when there is no optimum inside the sweep).
+    """
+    lr_array, loss_array, dropped = _clean_sweep(lrs, losses)
+    # Centre ln(lr) so the normal equations stay well conditioned for any LR scale.
+    log_centre = float(np.mean(np.log(lr_array)))
+    log_lr = np.log(lr_array) - log_centre
+    a, b_centred, c_centred = np.polyfit(log_lr, loss_array, 2)
+    fitted = a * log_lr**2 + b_centred * log_lr + c_centred
+    residuals = loss_array - fitted
+    # Back to coefficients in uncentred ln(lr): a(x - m)^2 + b'(x - m) + c'.
+    b_full = b_centred - 2 * a * log_centre
+    c_full = a * log_centre**2 - b_centred * log_centre + c_centred
+    best = int(np.argmin(loss_array))
+    lo, hi = float(lr_array.min()), float(lr_array.max())
+
+    vertex_lr = vertex_loss = math.nan
+    if a > 0:
+        vertex_log = -b_centred / (2 * a)
+        with np.errstate(over="ignore"):  # a nearly flat fit puts the vertex at +-infinity
+            vertex_lr = float(np.exp(vertex_log + log_centre))
+        vertex_loss = float(c_centred - b_centred**2 / (4 * a))
+
+    if a <= 0:
+        inside = False
+        reason = (
+            "the fitted parabola opens downward (a <= 0), so the sweep has no minimum; "
+            "the best observed point is reported instead; widen the sweep around it"
+        )
+    elif vertex_lr < lo:
+        inside = False
+        reason = (
+            f"the fitted minimum ({vertex_lr:.3g}) lies below the smallest swept LR ({lo:.3g}); "
+            "it is not extrapolated; add smaller learning rates"
+        )
+    elif vertex_lr > hi:
+        inside = False
+        reason = (
+            f"the fitted minimum ({vertex_lr:.3g}) lies above the largest swept LR ({hi:.3g}); "
+            "it is not extrapolated; add larger learning rates"
+        )
+    else:
+        inside = True
+        reason = None
+
+    lr_interval = loss_interval = (math.nan, math.nan)
+    failures = 0
+    # An interval is only meaningful around an optimum that exists; a vertex outside the sweep
+    # would give an interval of extrapolations.
+    if bootstrap > 0 and inside:
+        rng = np.random.default_rng(seed)
+        n = lr_array.size
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(float)
+        boot = _weighted_quadratic(log_lr, loss_array, weights)
+        valid = np.isfinite(boot).all(axis=1) & (boot[:, 0] > 0)
+        failures = int((~valid).sum())
+        if valid.any():
+            ba, bb, bc = boot[valid].T
+            boot_log = -bb / (2 * ba) + log_centre
+            boot_loss = bc - bb**2 / (4 * ba)
+            lr_interval = tuple(float(v) for v in np.exp(np.percentile(boot_log, [2.5, 97.5])))
+            loss_interval = tuple(float(v) for v in np.percentile(boot_loss, [2.5, 97.5]))
+
+    return LROptimum(
+        lr=vertex_lr if inside else math.nan,
+        loss=vertex_loss if inside else math.nan,
+        inside=inside,
+        reason=reason,
+        lr_interval=lr_interval,
+        loss_interval=loss_interval,
+        vertex_lr=vertex_lr,
+        vertex_loss=vertex_loss,
+        best_lr=float(lr_array[best]),
+        best_loss=float(loss_array[best]),
+        coefficients=(float(a), float(b_full), float(c_full)),
+        lrs=lr_array,
+        losses=loss_array,
+        residuals=residuals,
+        rms_residual=float(np.sqrt(np.mean(residuals**2))),
+        n_points=int(lr_array.size),
+        dropped=dropped,
+        bootstrap=int(bootstrap),
+        bootstrap_failures=failures,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Sweep-point sensitivity (METHOD.md 6)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SensitivityResult:
+    """Mean relative error of the optimum when only ``k`` of the ``n`` sweep points are used."""
+
+    k: int
+    n_points: int
+    n_subsets: int  # subsets fitted (all of them, or a seeded sample when there are too many)
+    n_valid: int  # subsets whose fit had a minimum (a > 0)
+    lr_relative_error: float  # mean |lr*_k - lr*_all| / lr*_all over valid subsets
+    loss_relative_error: float
+    lr_relative_error_max: float
+    loss_relative_error_max: float
+    sampled: bool
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def sweep_sensitivity(
+    lrs: ArrayLike, losses: ArrayLike, k: int, *, seed: int = 0
+) -> SensitivityResult:
+    """Fit every k-subset of a sweep and compare its optimum with the all-point fit (METHOD.md 6).
+
+    Subsets whose parabola opens downward have no optimum; they are counted (``n_subsets -
+    n_valid``) and left out of the means. The vertex is used even outside the subset's range,
+    since the question is how far a k-point sweep would move the answer.
+    """
+    lr_array, loss_array, _ = _clean_sweep(lrs, losses)
+    n = lr_array.size
+    if not 3 <= k <= n:
+        raise ValueError(f"k must be between 3 and the number of sweep points ({n}), got {k}")
+    full = fit_lr_optimum(lr_array, loss_array, bootstrap=0)
+    if not math.isfinite(full.vertex_lr):
+        raise ValueError(
+            "the all-point fit has no minimum (a <= 0), so there is nothing to compare subsets "
+            "against; widen the sweep first"
+        )
+    total = math.comb(n, k)
+    sampled = total > MAX_SENSITIVITY_SUBSETS
+    if sampled:
+        rng = np.random.default_rng(seed)
+        subsets = np.array(
+            [np.sort(rng.choice(n, size=k, replace=False)) for _ in range(MAX_SENSITIVITY_SUBSETS)]
+        )
+    else:
+        subsets = np.array(list(itertools.combinations(range(n), k)))
+    weights = np.zeros((len(subsets), n))
+    np.put_along_axis(weights, subsets, 1.0, axis=1)
+    log_centre = float(np.mean(np.log(lr_array)))
+    log_lr = np.log(lr_array) - log_centre
+    coefficients = _weighted_quadratic(log_lr, loss_array, weights)
+    valid = np.isfinite(coefficients).all(axis=1) & (coefficients[:, 0] > 0)
+    lr_errors = loss_errors = np.array([math.nan])
+    if valid.any():
+        a, b, c = coefficients[valid].T
+        sub_lr = np.exp(-b / (2 * a) + log_centre)
+        sub_loss = c - b**2 / (4 * a)
+        lr_errors = np.abs(sub_lr - full.vertex_lr) / full.vertex_lr
+        loss_errors = np.abs(sub_loss - full.vertex_loss) / abs(full.vertex_loss)
+    return SensitivityResult(
+        k=k,
+        n_points=n,
+        n_subsets=len(subsets),
+        n_valid=int(valid.sum()),
+        lr_relative_error=float(np.mean(lr_errors)),
+        loss_relative_error=float(np.mean(loss_errors)),
+        lr_relative_error_max=float(np.max(lr_errors)),
+        loss_relative_error_max=float(np.max(loss_errors)),
+        sampled=sampled,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Power law of the optimum against a scale axis (METHOD.md 6): y = a x^b
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """``y = coefficient * x ** exponent`` fitted two ways (METHOD.md 6).
+
+    ``coefficient``/``exponent`` come from nonlinear least squares in linear space (the paper's
+    procedure); ``loglog_*`` from least squares on ``ln y = ln a + b ln x``. Leave-one-out
+    relative errors (each point predicted from a fit to the others) need at least 3 points.
+    """
+
+    coefficient: float
+    exponent: float
+    exponent_stderr: float
+    loglog_coefficient: float
+    loglog_exponent: float
+    x: np.ndarray = field(repr=False)
+    y: np.ndarray = field(repr=False)
+    loo_relative_errors: np.ndarray = field(repr=False)
+    loglog_loo_relative_errors: np.ndarray = field(repr=False)
+
+    def predict(self, x: ArrayLike | float) -> np.ndarray | float:
+        values = self.coefficient * np.asarray(x, dtype=float) ** self.exponent
+        return float(values) if np.ndim(values) == 0 else values
+
+    def predict_loglog(self, x: ArrayLike | float) -> np.ndarray | float:
+        values = self.loglog_coefficient * np.asarray(x, dtype=float) ** self.loglog_exponent
+        return float(values) if np.ndim(values) == 0 else values
+
+    @property
+    def loo_mean_relative_error(self) -> float:
+        errors = self.loo_relative_errors
+        return float(np.mean(np.abs(errors))) if errors.size else math.nan
+
+    @property
+    def loglog_loo_mean_relative_error(self) -> float:
+        errors = self.loglog_loo_relative_errors
+        return float(np.mean(np.abs(errors))) if errors.size else math.nan
+
+    def to_dict(self) -> dict:
+        return {
+            "coefficient": self.coefficient,
+            "exponent": self.exponent,
+            "exponent_stderr": self.exponent_stderr,
+            "loglog_coefficient": self.loglog_coefficient,
+            "loglog_exponent": self.loglog_exponent,
+            "x": self.x.tolist(),
+            "y": self.y.tolist(),
+            "loo_relative_errors": self.loo_relative_errors.tolist(),
+            "loglog_loo_relative_errors": self.loglog_loo_relative_errors.tolist(),
+            "loo_mean_relative_error": self.loo_mean_relative_error,
+            "loglog_loo_mean_relative_error": self.loglog_loo_mean_relative_error,
+        }
+
+
+def _power_law_both(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float, float]:
+    """(coefficient, exponent, exponent stderr, loglog coefficient, loglog exponent)."""
+    loglog_exponent, loglog_log_coefficient = np.polyfit(np.log(x), np.log(y), 1)
+    # Fit against x / x_ref (geometric mean) so the coefficient is O(y) and well conditioned.
+    x_ref = float(np.exp(np.mean(np.log(x))))
+    start = (float(np.exp(loglog_log_coefficient) * x_ref**loglog_exponent), loglog_exponent)
+    stderr = math.nan
+    try:
+        with warnings.catch_warnings():
+            # Two points fit exactly and have no covariance; the stderr stays NaN then.
+            warnings.simplefilter("ignore", OptimizeWarning)
+            (scaled_coefficient, exponent), covariance = curve_fit(
+                lambda xs, a, b: a * (xs / x_ref) ** b, x, y, p0=start, maxfev=20000
+            )
+        if x.size > 2 and np.all(np.isfinite(covariance)):
+            stderr = float(np.sqrt(covariance[1, 1]))
+    except RuntimeError:
+        # No convergence: fall back to the log-log solution, which is always defined.
+        scaled_coefficient, exponent = start
+    coefficient = float(scaled_coefficient) * x_ref ** (-float(exponent))
+    return (
+        coefficient,
+        float(exponent),
+        stderr,
+        float(np.exp(loglog_log_coefficient)),
+        float(loglog_exponent),
+    )
+
+
+def fit_power_law(x: ArrayLike, y: ArrayLike) -> PowerLawFit:
+    """Fit ``y = a x^b`` (e.g. the optimal LR against tokens, batch, depth or width).
+
+    Needs at least two distinct positive ``x`` with positive finite ``y``; leave-one-out errors
+    need three.
+    """
+    x_array, y_array = _paired(x, y, "x", "y")
+    keep = np.isfinite(x_array) & np.isfinite(y_array)
+    x_array, y_array = x_array[keep], y_array[keep]
+    if np.any(x_array <= 0) or np.any(y_array <= 0):
+        raise ValueError("a power law needs positive x and y values")
+    if np.unique(x_array).size < 2:
+        raise ValueError(
+            f"a power law needs at least 2 distinct scales, got {np.unique(x_array).size}; "
+            "sweep at more than one scale (tokens, batch, depth or width)"
+        )
+    coefficient, exponent, stderr, loglog_coefficient, loglog_exponent = _power_law_both(
+        x_array, y_array
+    )
+    loo, loo_loglog = [], []
+    if x_array.size >= 3:
+        for left_out in range(x_array.size):
+            rest = np.arange(x_array.size) != left_out
+            if np.unique(x_array[rest]).size < 2:
+                loo.append(math.nan)
+                loo_loglog.append(math.nan)
+                continue
+            a, b, _, la, lb = _power_law_both(x_array[rest], y_array[rest])
+            truth = y_array[left_out]
+            loo.append((a * x_array[left_out] ** b - truth) / truth)
+            loo_loglog.append((la * x_array[left_out] ** lb - truth) / truth)
+    return PowerLawFit(
+        coefficient=coefficient,
+        exponent=exponent,
+        exponent_stderr=stderr,
+        loglog_coefficient=loglog_coefficient,
+        loglog_exponent=loglog_exponent,
+        x=x_array,
+        y=y_array,
+        loo_relative_errors=np.array(loo, dtype=float),
+        loglog_loo_relative_errors=np.array(loo_loglog, dtype=float),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Loss against compute (METHOD.md 6): L(C) = A C^-b + E, and leverage
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComputeCurve:
+    """``L(C) = A * C**(-b) + E`` with ``A, b >= 0`` and ``0 <= E <= min L`` (``E = 0`` when
+    ``offset`` is false: the pure power law)."""
+
+    A: float
+    b: float
+    E: float
+    offset: bool
+    flops: np.ndarray = field(repr=False)
+    losses: np.ndarray = field(repr=False)
+    residuals: np.ndarray = field(repr=False)
+
+    def __call__(self, flops: ArrayLike | float) -> np.ndarray | float:
+        values = self.A * np.asarray(flops, dtype=float) ** (-self.b) + self.E
+        return float(values) if np.ndim(values) == 0 else values
+
+    def inverse(self, losses: ArrayLike | float) -> np.ndarray | float:
+        """Compute that reaches ``losses``: ``((L - E) / A)^(-1/b)``; NaN where ``L <= E`` or the
+        curve is flat (``b = 0`` or ``A = 0``), where no compute reaches that loss."""
+        loss_array = np.asarray(losses, dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            if self.b <= 0 or self.A <= 0:
+                values = np.full(loss_array.shape, math.nan)
+            else:
+                excess = loss_array - self.E
+                values = np.where(excess > 0, (excess / self.A) ** (-1.0 / self.b), math.nan)
+        return float(values) if np.ndim(values) == 0 else values
+
+    @property
+    def rms_residual(self) -> float:
+        return float(np.sqrt(np.mean(self.residuals**2)))
+
+    def to_dict(self) -> dict:
+        return {
+            "A": self.A,
+            "b": self.b,
+            "E": self.E,
+            "offset": self.offset,
+            "flops": self.flops.tolist(),
+            "losses": self.losses.tolist(),
+            "residuals": self.residuals.tolist(),
+            "rms_residual": self.rms_residual,
+        }
+
+
+def fit_loss_vs_compute(flops: ArrayLike, losses: ArrayLike, offset: bool = True) -> ComputeCurve:
+    """Fit loss against training compute, in linear loss space with the bounds of METHOD.md 6.
+
+    ``offset=True`` fits ``A C^-b + E`` (needs 3 points at 3 distinct compute values;
+    more are advisable); ``offset=False`` the pure power law ``A C^-b`` (needs 2).
+    Non-finite points are left out.
+    """
+    flop_array, loss_array = _paired(flops, losses, "flops", "losses")
+    keep = np.isfinite(flop_array) & np.isfinite(loss_array)
+    flop_array, loss_array = flop_array[keep], loss_array[keep]
+    if np.any(flop_array <= 0) or np.any(loss_array <= 0):
+        raise ValueError("loss against compute needs positive FLOPs and losses")
+    needed = 3 if offset else 2
+    distinct = np.unique(flop_array).size
+    if distinct < needed:
+        hint = "; use offset=False (the pure power law) for so few points" if offset else ""
+        raise ValueError(
+            f"fitting loss against compute {'with' if offset else 'without'} an offset needs at "
+            f"least {needed} distinct compute values, got {distinct}{hint}"
+        )
+    # Work with C / C_ref so the amplitude is O(loss): A = A_scaled * C_ref^b.
+    c_ref = float(np.exp(np.mean(np.log(flop_array))))
+    scaled = flop_array / c_ref
+    min_loss = float(loss_array.min())
+
+    def residual(params: np.ndarray) -> np.ndarray:
+        amplitude, exponent, floor = params
+        return amplitude * scaled ** (-exponent) + floor - loss_array
+
+    best = None
+    floor_starts = [0.0, 0.5, 0.9, 0.99] if offset else [0.0]
+    for fraction in floor_starts:
+        floor0 = fraction * min_loss
+        excess = np.maximum(loss_array - floor0, 1e-12 * min_loss)
+        slope, intercept = np.polyfit(np.log(scaled), np.log(excess), 1)
+        start = np.array([math.exp(intercept), max(-slope, 1e-6), min(floor0, min_loss)])
+        if offset:
+            result = least_squares(
+                residual, start, bounds=([0.0, 0.0, 0.0], [np.inf, np.inf, min_loss])
+            )
+            params = result.x
+        else:
+            # E is pinned at 0: fit (A, b) only.
+            result = least_squares(
+                lambda p: residual(np.array([p[0], p[1], 0.0])),
+                start[:2],
+                bounds=([0.0, 0.0], [np.inf, np.inf]),
+            )
+            params = np.array([result.x[0], result.x[1], 0.0])
+        cost = float(np.sum(residual(params) ** 2))
+        if best is None or cost < best[0]:
+            best = (cost, params)
+    assert best is not None
+    amplitude_scaled, exponent, floor = (float(v) for v in best[1])
+    amplitude = amplitude_scaled * c_ref**exponent
+    fitted = amplitude_scaled * scaled ** (-exponent) + floor
+    return ComputeCurve(
+        A=amplitude,
+        b=exponent,
+        E=floor,
+        offset=offset,
+        flops=flop_array,
+        losses=loss_array,
+        residuals=loss_array - fitted,
+    )
+
+
+def leverage(curve: ComputeCurve, flops: ArrayLike, losses: ArrayLike) -> np.ndarray:
+    """Compute leverage of ``curve``'s method over a baseline at each baseline point (METHOD.md 6).
+
+    For each baseline point ``(C_y, L_y)`` the curve is inverted, ``C_x = curve.inverse(L_y)``,
+    and the leverage is ``C_y / C_x``: how many times less compute the curve's method needs to
+    reach the baseline's loss. NaN where ``L_y <= E`` (the curve never reaches that loss).
+    """
+    flop_array, loss_array = _paired(flops, losses, "flops", "losses")
+    needed = np.asarray(curve.inverse(loss_array), dtype=float).reshape(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = flop_array / needed
+    return np.where(np.isfinite(ratio) & (ratio > 0), ratio, math.nan)
