@@ -14,6 +14,7 @@ import sys
 VERBS: dict[str, str] = {
     "transfer": "hyperp.cli.transfer",
     "fit": "hyperp.cli.fit",
+    "sweep": "hyperp.cli.sweep",
 }
 
 
