@@ -10,6 +10,7 @@ import pytest
 from hyperp.analysis import (
     fit_loss_vs_compute,
     fit_lr_optimum,
+    fit_offset_power_law,
     fit_power_law,
     leverage,
     sweep_sensitivity,
@@ -212,3 +213,14 @@ def test_leverage_is_nan_where_the_curve_cannot_reach_the_loss():
     values = leverage(curve, [1e20, 1e20], [curve(1e19), curve.E - 0.1])
     assert values[0] == pytest.approx(10.0, rel=1e-3)
     assert math.isnan(values[1])
+
+
+def test_offset_power_law_recovers_optimal_loss_against_sparsity():
+    sparsity = np.array([1.0, 2, 4, 8, 16])
+    exact = fit_offset_power_law(sparsity, 0.3 * sparsity**-0.4 + 2.1)
+    assert exact.exponent == pytest.approx(-0.4, abs=1e-6)
+    assert exact.offset == pytest.approx(2.1, abs=1e-6)
+    assert np.max(np.abs(exact.loo_relative_errors)) < 1e-6
+    assert exact.predict(32.0) == pytest.approx(0.3 * 32**-0.4 + 2.1, rel=1e-6)
+    with pytest.raises(ValueError, match="at least 3 distinct scales"):
+        fit_offset_power_law([1.0, 2.0, 2.0], [2.5, 2.4, 2.41])

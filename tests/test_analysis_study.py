@@ -90,6 +90,9 @@ def test_csv_study_through_cli_json(tmp_path, capsys):
     for law in laws.values():
         assert law["fit"]["exponent"] == pytest.approx(TOKEN_EXPONENT, abs=0.02)
         assert law["target"]["optimum"] == pytest.approx(0.02 * 100**TOKEN_EXPONENT, rel=0.05)
+        assert law["spread"] == pytest.approx(8**-TOKEN_EXPONENT, rel=0.1)
+        # The optimal loss against tokens, A T^b + C, falls with the budget.
+        assert law["loss_fit"]["exponent"] < 0
     (lev,) = result["leverage"]
     assert lev["method"] == "hyperp" and lev["baseline"] == "muon"
     assert np.allclose(lev["leverage"], HYPERP_COMPUTE_RATIO, rtol=0.1)
@@ -170,7 +173,7 @@ def test_run_directories_failed_runs_and_dotted_keys(tmp_path, capsys):
     assert run_fit([str(sweep), "--group-by", "model.depth", "--bootstrap", "100"]) == 0
     out = capsys.readouterr().out
     assert "model.depth=2: lr*=0.012" in out
-    assert "failed run" in out and "loss is NaN at step 12" in out
+    assert "run without summary" in out and "loss is NaN at step 12" in out
     # One token budget only: the power law is reported as missing, not attempted.
     assert "one tokens value only" in out
 

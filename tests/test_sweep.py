@@ -265,13 +265,20 @@ def test_failed_run_is_recorded_and_the_others_complete(project):
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 1, stderr
     assert "5 finished now, 0 skipped, 1 failed" in stdout
-    assert "failed: lr=0.02_width=32: exit status 1" in stdout
+    assert "failed: lr=0.02_width=32: exit status 1: RuntimeError: forced failure" in stdout
     failed_dir = project_dir / "runs" / "tiny" / "lr=0.02_width=32"
     error = (failed_dir / "error.txt").read_text()
-    assert error.startswith("exit status 1") and "RuntimeError: forced failure" in error
+    assert error.splitlines()[-1] == "exit status 1: RuntimeError: forced failure"
+    assert "--- last lines of train.log ---" in error
     statuses = {s.name: s for s in sweep_status(load_sweep(project_dir / "sweep.toml"))}
     assert statuses["lr=0.02_width=32"].state == "failed"
     assert sum(s.state == "finished" for s in statuses.values()) == 5
+    # The sweep directory alone is enough for status, and hyperp fit lists the failure.
+    from_directory = sweep_status(load_sweep(project_dir / "runs" / "tiny"))
+    assert {s.name: s.state for s in from_directory} == {n: s.state for n, s in statuses.items()}
+    loaded = load_records([project_dir / "runs" / "tiny"])
+    assert len(loaded.records) == 5
+    assert [f.error for f in loaded.failed] == ["exit status 1: RuntimeError: forced failure"]
 
     # A second invocation skips finished and failed runs; --retry-failed reruns only the failure.
     process = sweep_subprocess(project_dir, trainer, env)

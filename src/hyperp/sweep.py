@@ -138,8 +138,11 @@ def _axis_values(key: str, spec: Any) -> list[Any]:
 def load_sweep(
     path: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None
 ) -> SweepSpec:
-    """Read a sweep file; paths inside it are relative to the file's directory."""
+    """Read a sweep file (paths inside it are relative to the file's directory), or a sweep
+    directory that a previous run wrote (its ``sweep.json``)."""
     sweep_path = Path(path)
+    if sweep_path.is_dir() and (sweep_path / "sweep.json").is_file():
+        return _load_written_sweep(sweep_path, out)
     if not sweep_path.is_file():
         raise FileNotFoundError(f"sweep file {sweep_path} does not exist")
     try:
@@ -186,6 +189,24 @@ def load_sweep(
         workers=workers,
         threads_per_worker=threads,
     )
+
+
+def _load_written_sweep(directory: Path, out: str | os.PathLike[str] | None) -> SweepSpec:
+    try:
+        data = json.loads((directory / "sweep.json").read_text())
+        return SweepSpec(
+            path=Path(data["sweep_file"]) if data.get("sweep_file") else None,
+            base=Path(data["base"]),
+            out=Path(out).resolve() if out is not None else directory.resolve(),
+            settings=dict(data["settings"]),
+            axes={key: list(values) for key, values in data["axes"].items()},
+            workers=int(data.get("workers", 1)),
+            threads_per_worker=data.get("threads_per_worker"),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{directory / 'sweep.json'} is damaged ({error}); give the sweep file instead"
+        ) from error
 
 
 def _format_value(value: Any) -> str:
@@ -294,6 +315,12 @@ class RunStatus:
     error: str | None = None
 
 
+def _error_summary(path: Path) -> str:
+    """The last non-empty line of an ``error.txt`` (where a traceback names the exception)."""
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "failed (empty error.txt)"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -310,8 +337,7 @@ def run_status(run: RunSpec) -> RunStatus:
         return RunStatus(run.name, "finished")
     error_path = directory / "error.txt"
     if error_path.exists():
-        lines = error_path.read_text(errors="replace").strip().splitlines()
-        return RunStatus(run.name, "failed", lines[0] if lines else "failed")
+        return RunStatus(run.name, "failed", _error_summary(error_path))
     marker = directory / ".running"
     if marker.exists():
         try:
@@ -432,19 +458,25 @@ def _execute(
     (directory / ".running").unlink(missing_ok=True)
     if return_code == 0 and (directory / "summary.json").exists():
         return "finished", None
-    if error_path.exists():
-        lines = error_path.read_text(errors="replace").strip().splitlines()
-        return "failed", lines[0] if lines else f"exit status {return_code}"
-    tail = log_path.read_text(errors="replace").splitlines()[-_ERROR_TAIL_LINES:]
+    if error_path.exists():  # the trainer explained itself
+        return "failed", _error_summary(error_path)
+    tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    tail = tail[-_ERROR_TAIL_LINES:]
     reason = (
         f"exit status {return_code}"
         if return_code != 0
         else "the trainer exited without writing summary.json"
     )
+    # The last line summarises (a traceback's last line names the exception), as readers expect.
+    last = tail[-1].strip() if len(tail) > 1 else ""
     atomic_write_text(
-        error_path, "\n".join([reason, "--- last lines of train.log ---", *tail]) + "\n"
+        error_path,
+        "\n".join(
+            ["--- last lines of train.log ---", *tail, f"{reason}: {last}" if last else reason]
+        )
+        + "\n",
     )
-    return "failed", reason
+    return "failed", _error_summary(error_path)
 
 
 def run_sweep(
@@ -478,6 +510,8 @@ def run_sweep(
                 "base": str(spec.base),
                 "settings": spec.settings,
                 "axes": spec.axes,
+                "workers": spec.workers,
+                "threads_per_worker": spec.threads_per_worker,
                 "runs": [
                     {"name": r.name, "overrides": r.overrides, "nproc": r.nproc} for r in runs
                 ],

@@ -18,10 +18,12 @@ from scipy.optimize import OptimizeWarning, curve_fit, least_squares
 __all__ = [
     "ComputeCurve",
     "LROptimum",
+    "OffsetPowerLawFit",
     "PowerLawFit",
     "SensitivityResult",
     "fit_loss_vs_compute",
     "fit_lr_optimum",
+    "fit_offset_power_law",
     "fit_power_law",
     "leverage",
     "sweep_sensitivity",
@@ -454,6 +456,100 @@ def fit_power_law(x: ArrayLike, y: ArrayLike) -> PowerLawFit:
         y=y_array,
         loo_relative_errors=np.array(loo, dtype=float),
         loglog_loo_relative_errors=np.array(loo_loglog, dtype=float),
+    )
+
+
+@dataclass(frozen=True)
+class OffsetPowerLawFit:
+    """``y = coefficient * x ** exponent + offset`` with ``coefficient >= 0`` and
+    ``0 <= offset <= min y`` (e.g. the optimal loss against sparsity, METHOD.md 6)."""
+
+    coefficient: float
+    exponent: float
+    offset: float
+    x: np.ndarray = field(repr=False)
+    y: np.ndarray = field(repr=False)
+    loo_relative_errors: np.ndarray = field(repr=False)
+
+    def predict(self, x: ArrayLike | float) -> np.ndarray | float:
+        values = self.coefficient * np.asarray(x, dtype=float) ** self.exponent + self.offset
+        return float(values) if np.ndim(values) == 0 else values
+
+    @property
+    def loo_mean_relative_error(self) -> float:
+        errors = self.loo_relative_errors
+        return float(np.nanmean(np.abs(errors))) if np.isfinite(errors).any() else math.nan
+
+    def to_dict(self) -> dict:
+        return {
+            "coefficient": self.coefficient,
+            "exponent": self.exponent,
+            "offset": self.offset,
+            "x": self.x.tolist(),
+            "y": self.y.tolist(),
+            "loo_relative_errors": self.loo_relative_errors.tolist(),
+            "loo_mean_relative_error": self.loo_mean_relative_error,
+        }
+
+
+def _offset_power_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    x_ref = float(np.exp(np.mean(np.log(x))))
+    scaled = x / x_ref
+    floor_max = float(y.min())
+
+    def residual(params: np.ndarray) -> np.ndarray:
+        amplitude, exponent, floor = params
+        return amplitude * scaled**exponent + floor - y
+
+    best = None
+    # Several starting floors: the cost surface in the offset is often flat and multi-modal.
+    for fraction in (0.0, 0.5, 0.9, 0.99):
+        floor0 = fraction * floor_max
+        excess = np.maximum(y - floor0, 1e-12 * max(abs(floor_max), 1.0))
+        slope, intercept = np.polyfit(np.log(scaled), np.log(excess), 1)
+        start = np.array([math.exp(intercept), slope, floor0])
+        result = least_squares(
+            residual, start, bounds=([0.0, -np.inf, 0.0], [np.inf, np.inf, max(floor_max, 0.0)])
+        )
+        cost = float(np.sum(result.fun**2))
+        if best is None or cost < best[0]:
+            best = (cost, result.x)
+    assert best is not None
+    amplitude, exponent, floor = (float(v) for v in best[1])
+    return amplitude * x_ref ** (-exponent), exponent, floor
+
+
+def fit_offset_power_law(x: ArrayLike, y: ArrayLike) -> OffsetPowerLawFit:
+    """Fit ``y = A x^b + C`` by bounded least squares in linear space (needs 3 distinct ``x``;
+    leave-one-out errors need 4)."""
+    x_array, y_array = _paired(x, y, "x", "y")
+    keep = np.isfinite(x_array) & np.isfinite(y_array)
+    x_array, y_array = x_array[keep], y_array[keep]
+    if np.any(x_array <= 0) or np.any(y_array <= 0):
+        raise ValueError("a power law with offset needs positive x and y values")
+    if np.unique(x_array).size < 3:
+        raise ValueError(
+            f"a power law with an offset has 3 parameters and needs at least 3 distinct scales, "
+            f"got {np.unique(x_array).size}"
+        )
+    coefficient, exponent, offset = _offset_power_law(x_array, y_array)
+    loo = []
+    if x_array.size >= 4:
+        for left_out in range(x_array.size):
+            rest = np.arange(x_array.size) != left_out
+            if np.unique(x_array[rest]).size < 3:
+                loo.append(math.nan)
+                continue
+            a, b, c = _offset_power_law(x_array[rest], y_array[rest])
+            truth = y_array[left_out]
+            loo.append((a * x_array[left_out] ** b + c - truth) / truth)
+    return OffsetPowerLawFit(
+        coefficient=coefficient,
+        exponent=exponent,
+        offset=offset,
+        x=x_array,
+        y=y_array,
+        loo_relative_errors=np.array(loo, dtype=float),
     )
 
 

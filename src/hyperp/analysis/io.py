@@ -30,7 +30,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class FailedRun:
-    """A run directory without ``summary.json``; ``error`` is the first line of ``error.txt``."""
+    """A run directory without ``summary.json`` (failed, running or interrupted); ``error`` is the
+    last line of ``error.txt`` when there is one."""
 
     path: str
     error: str
@@ -96,6 +97,8 @@ def _read_run_dir(path: Path) -> dict[str, Any] | FailedRun:
         if error_path.exists():
             lines = error_path.read_text(errors="replace").strip().splitlines()
             error = lines[-1] if lines else "failed (empty error.txt)"
+        elif (path / ".running").exists():  # the marker hyperp sweep keeps while a run lives
+            error = "no summary.json yet (running, or interrupted)"
         else:
             error = "no summary.json (unfinished or failed)"
         return FailedRun(str(path), error)

@@ -110,6 +110,16 @@ def _summary_lines(study: Study, markdown: bool) -> list[str]:
                 f"{_g(fit.loo_mean_relative_error, 3)} (log-log {_g(fit.loglog_loo_mean_relative_error, 3)})"
             )
             lines.append(text)
+            lines.append(
+                f"{bullet}  spread of {options.x}* across {law.axis}: {law.spread:.3g}x "
+                "(largest / smallest; 1 means exact transfer)"
+            )
+            if law.loss_fit is not None:
+                loss_fit = law.loss_fit
+                lines.append(
+                    f"{bullet}  optimal loss: L* = {loss_fit.coefficient:.4g} · {law.axis}^"
+                    f"{loss_fit.exponent:.3f} + {loss_fit.offset:.4f}"
+                )
             if law.target is not None:
                 lines.append(
                     f"{bullet}  at {law.axis}={law.target:.4g}: {options.x}* = "
@@ -146,7 +156,7 @@ def _summary_lines(study: Study, markdown: bool) -> list[str]:
                 text += f"; at {options.target_flops:.3g} FLOPs: {_g(item.at_target_flops, 3)}x"
             lines.append(text)
     notes = list(study.messages)
-    notes += [f"failed run {item['path']}: {item['error']}" for item in study.failed]
+    notes += [f"run without summary {item['path']}: {item['error']}" for item in study.failed]
     if notes:
         lines += ["", f"{head}Notes", ""]
         lines += [f"{bullet}{note}" for note in notes]

@@ -17,10 +17,12 @@ import numpy as np
 from hyperp.analysis.fits import (
     ComputeCurve,
     LROptimum,
+    OffsetPowerLawFit,
     PowerLawFit,
     SensitivityResult,
     fit_loss_vs_compute,
     fit_lr_optimum,
+    fit_offset_power_law,
     fit_power_law,
     leverage,
     sweep_sensitivity,
@@ -115,6 +117,16 @@ class PowerLawResult:
     error: str | None = None
     lr_intervals: list[tuple[float, float]] = field(default_factory=list)
     target: float | None = None
+    # The optimal loss against the same axis, L* = A x^b + C (METHOD.md 6, e.g. sparsity).
+    loss_fit: OffsetPowerLawFit | None = None
+    loss_error: str | None = None
+
+    @property
+    def spread(self) -> float:
+        """Largest over smallest optimum along the axis: 1.0 means the LR transfers exactly."""
+        if self.fit is None:
+            return math.nan
+        return float(self.fit.y.max() / self.fit.y.min())
 
     @property
     def label(self) -> str:
@@ -128,6 +140,9 @@ class PowerLawResult:
             "fit": self.fit.to_dict() if self.fit else None,
             "error": self.error,
             "lr_intervals": [list(pair) for pair in self.lr_intervals],
+            "spread": self.spread,
+            "loss_fit": self.loss_fit.to_dict() if self.loss_fit else None,
+            "loss_error": self.loss_error,
         }
         if self.target is not None and self.fit is not None:
             data["target"] = {
@@ -396,6 +411,12 @@ def _power_laws(
             result.lr_intervals = [g.optimum.lr_interval for g in usable]
         except ValueError as error:
             result.error = str(error)
+        try:
+            result.loss_fit = fit_offset_power_law(
+                [_as_float(g.key[axis]) for g in usable], [g.optimum.loss for g in usable]
+            )
+        except ValueError as error:
+            result.loss_error = str(error)
         results.append(result)
     return results
 

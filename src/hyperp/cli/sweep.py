@@ -13,7 +13,8 @@ Run every combination of a sweep file's axes as a `hyperp train` run directory O
 
   hyperp sweep SWEEP.toml            run (or resume) the sweep
   hyperp sweep SWEEP.toml --dry-run  list the runs, each with its LR, tokens and FLOPs
-  hyperp sweep status SWEEP.toml     show progress (finished, failed, running, pending)
+  hyperp sweep status SWEEP.toml     show progress (finished, failed, running, pending);
+                                     the sweep directory works in place of the file
 
 A finished run (its summary.json exists) is never redone. A failed run gets error.txt, the
 sweep goes on, and a later invocation skips it unless --retry-failed. Interrupting (Ctrl-C,
