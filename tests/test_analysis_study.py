@@ -221,6 +221,7 @@ def test_user_mistakes_give_clear_errors(tmp_path):
 def test_importing_analysis_does_not_import_torch():
     code = (
         "import sys, hyperp.analysis, hyperp.analysis.plots, hyperp.cli.fit\n"
+        "import hyperp.sweep, hyperp.cli.sweep\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print('ok')"
     )

@@ -22,6 +22,7 @@ def _g(value: float | None, digits: int = 4) -> str:
 def _summary_lines(study: Study, markdown: bool) -> list[str]:
     options = study.options
     bullet = "- " if markdown else "  "
+    sub = "  - " if markdown else "    "  # a detail line under a bullet
     head = "## " if markdown else ""
     lines = [
         f"{head}LR optima ({options.y} against {options.x}, quadratic in ln {options.x}; "
@@ -59,7 +60,7 @@ def _summary_lines(study: Study, markdown: bool) -> list[str]:
             lines.append(
                 f"{bullet}{row[0]}: {options.x}*={row[2]} {row[3]}, loss*={row[4]}, best observed "
                 f"{row[5]}, n={row[1]}, rms residual {row[6]}"
-                + (f"\n{bullet}  ! {note}" if note else "")
+                + (f"\n{sub}! {note}" if note else "")
             )
     sensitivity = [(g, s) for g in study.groups for s in g.sensitivity]
     if sensitivity:
@@ -111,18 +112,18 @@ def _summary_lines(study: Study, markdown: bool) -> list[str]:
             )
             lines.append(text)
             lines.append(
-                f"{bullet}  spread of {options.x}* across {law.axis}: {law.spread:.3g}x "
+                f"{sub}spread of {options.x}* across {law.axis}: {law.spread:.3g}x "
                 "(largest / smallest; 1 means exact transfer)"
             )
             if law.loss_fit is not None:
                 loss_fit = law.loss_fit
                 lines.append(
-                    f"{bullet}  optimal loss: L* = {loss_fit.coefficient:.4g} · {law.axis}^"
+                    f"{sub}optimal loss: L* = {loss_fit.coefficient:.4g} · {law.axis}^"
                     f"{loss_fit.exponent:.3f} + {loss_fit.offset:.4f}"
                 )
             if law.target is not None:
                 lines.append(
-                    f"{bullet}  at {law.axis}={law.target:.4g}: {options.x}* = "
+                    f"{sub}at {law.axis}={law.target:.4g}: {options.x}* = "
                     f"{_g(fit.predict(law.target))} (log-log fit {_g(fit.predict_loglog(law.target))})"
                 )
     if study.compute:

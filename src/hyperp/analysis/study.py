@@ -7,6 +7,7 @@ the study: each is recorded with a message saying what is missing.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -258,6 +259,13 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _hashable(value: Any) -> Any:
+    """Group keys must be hashable: a list or table value (a config section) becomes JSON text."""
+    if isinstance(value, list | dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
 def _as_float(value: Any) -> float:
     if value is None or isinstance(value, bool):
         return math.nan
@@ -325,7 +333,7 @@ def analyze(
         if record_value(record, options.x) is None:
             skipped += 1
             continue
-        key = tuple(record_value(record, name) for name in group_by)
+        key = tuple(_hashable(record_value(record, name)) for name in group_by)
         grouped.setdefault(key, []).append(record)
     if skipped:
         messages.append(f"{skipped} record(s) without {options.x!r} were left out")
