@@ -24,10 +24,12 @@ from hyperp.cli import fit as fit_cli
 from hyperp.cli import sweep as sweep_cli
 from hyperp.sweep import (
     RunSpec,
+    command_from_prefix,
     default_train_command,
     expand,
     load_sweep,
     run_name,
+    run_sweep,
     sweep_status,
 )
 
@@ -354,3 +356,16 @@ def test_dry_run_reports_lr_tokens_flops_when_the_config_module_exists(project, 
         if isinstance(plan, dict):
             assert {"lr", "tokens", "flops"} <= set(plan)
             assert math.isfinite(plan["flops"])
+
+
+def test_a_trainer_that_cannot_start_is_a_recorded_failure(project):
+    project_dir, _, _, _ = project
+    spec = load_sweep(project_dir / "sweep.toml")
+    result = run_sweep(
+        spec, workers=1, train_command=command_from_prefix(str(project_dir / "no-such-trainer"))
+    )
+    assert len(result.failed) == 6 and not result.finished
+    assert all(error.startswith("could not start") for error in result.failed.values())
+    assert {s.state for s in sweep_status(spec)} == {"failed"}
+    with pytest.raises(ValueError, match="empty"):
+        command_from_prefix("")

@@ -397,8 +397,8 @@ class _Pool:
         self.stopping = threading.Event()
 
     def terminate_all(self, grace_s: float = 10.0) -> None:
-        self.stopping.set()
         with self.lock:
+            self.stopping.set()
             live = list(self.processes)
         for process in live:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -432,22 +432,24 @@ def _execute(
     with log_path.open("ab") as log:
         log.write(f"$ {shlex.join(command)}\n".encode())
         log.flush()
-        if pool.stopping.is_set():
-            return "interrupted", None
-        try:
-            # A new session, so an interrupt can signal the whole tree (torchrun and its ranks).
-            process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=environment,
-                start_new_session=True,
-            )
-        except OSError as error:
-            message = f"could not start {command[0]!r}: {error}"
-            atomic_write_text(error_path, message + "\n")
-            return "failed", message
+        # Start and register under the pool's lock, so an interrupt either sees this process
+        # (and stops it) or stops us from starting it.
         with pool.lock:
+            if pool.stopping.is_set():
+                return "interrupted", None
+            try:
+                # A new session, so an interrupt can signal the whole tree (torchrun's ranks too).
+                process = subprocess.Popen(
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=environment,
+                    start_new_session=True,
+                )
+            except OSError as error:
+                message = f"could not start {command[0]!r}: {error}"
+                atomic_write_text(error_path, message + "\n")
+                return "failed", message
             pool.processes.add(process)
         atomic_write_text(directory / ".running", json.dumps({"pid": process.pid}))
         return_code = process.wait()
