@@ -224,3 +224,20 @@ def test_offset_power_law_recovers_optimal_loss_against_sparsity():
     assert exact.predict(32.0) == pytest.approx(0.3 * 32**-0.4 + 2.1, rel=1e-6)
     with pytest.raises(ValueError, match="at least 3 distinct scales"):
         fit_offset_power_law([1.0, 2.0, 2.0], [2.5, 2.4, 2.41])
+
+
+def test_linear_sweep_is_flagged_as_flat_with_the_direction_to_extend():
+    lrs = np.array([0.01, 0.02, 0.04, 0.08])
+    falling = fit_lr_optimum(lrs, 3.0 - 0.1 * np.log(lrs))
+    assert not falling.inside and math.isnan(falling.vertex_lr)
+    assert "linear in ln(lr)" in falling.reason and "add larger learning rates" in falling.reason
+    rising = fit_lr_optimum(lrs, 3.0 + 0.1 * np.log(lrs))
+    assert "add smaller learning rates" in rising.reason
+    assert rising.best_lr == 0.01
+
+
+def test_three_point_sweep_has_an_optimum_but_no_bootstrap_interval():
+    lrs, losses = synthetic_sweep(0.02, points=3, span=1.0, noise=0.001)
+    result = fit_lr_optimum(lrs, losses)
+    assert result.inside and math.isfinite(result.lr)
+    assert all(math.isnan(v) for v in result.lr_interval)

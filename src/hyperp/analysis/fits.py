@@ -165,8 +165,9 @@ def fit_lr_optimum(
     (``inside=True``) only when ``a > 0`` and ``lr*`` lies within the swept range; otherwise
     ``lr``/``loss`` are NaN, ``reason`` explains, and the best observed point is still given.
     Points with a NaN or infinite loss (diverged runs) are left out and counted in ``dropped``.
-    The intervals are 95% percentile bootstrap intervals over resampled sweep points (NaN
-    when there is no optimum inside the sweep).
+    The intervals are 95% percentile bootstrap intervals over resampled sweep points, widened
+    if needed to contain the estimate; NaN when there is no optimum inside the sweep or fewer
+    than 4 distinct LRs (with 3, every usable resample is the sweep itself).
     """
     lr_array, loss_array, dropped = _clean_sweep(lrs, losses)
     # Centre ln(lr) so the normal equations stay well conditioned for any LR scale.
@@ -181,10 +182,14 @@ def fit_lr_optimum(
     best = int(np.argmin(loss_array))
     lo, hi = float(lr_array.min()), float(lr_array.max())
 
+    # Curvature that moves the fitted loss by less than this over the whole sweep is no curvature:
+    # the losses are linear in ln(lr) and the vertex would be an artefact of rounding.
+    span = float(log_lr.max() - log_lr.min())
+    flat = a * span**2 <= 1e-9 * (float(np.abs(loss_array).max()) + 1.0)
     vertex_lr = vertex_loss = math.nan
-    if a > 0:
+    if a > 0 and not flat:
         vertex_log = -b_centred / (2 * a)
-        with np.errstate(over="ignore"):  # a nearly flat fit puts the vertex at +-infinity
+        with np.errstate(over="ignore"):  # a nearly flat fit puts the vertex far out
             vertex_lr = float(np.exp(vertex_log + log_centre))
         vertex_loss = float(c_centred - b_centred**2 / (4 * a))
 
@@ -193,6 +198,13 @@ def fit_lr_optimum(
         reason = (
             "the fitted parabola opens downward (a <= 0), so the sweep has no minimum; "
             "the best observed point is reported instead; widen the sweep around it"
+        )
+    elif flat:
+        inside = False
+        direction = "larger" if b_centred < 0 else "smaller"
+        reason = (
+            "the loss is linear in ln(lr) over the sweep (no curvature), so the optimum lies "
+            f"beyond it; it is not extrapolated; add {direction} learning rates"
         )
     elif vertex_lr < lo:
         inside = False
@@ -214,7 +226,8 @@ def fit_lr_optimum(
     failures = 0
     # An interval is only meaningful around an optimum that exists; a vertex outside the sweep
     # would give an interval of extrapolations.
-    if bootstrap > 0 and inside:
+    # With 3 distinct LRs every usable resample is the original sweep: no spread to measure.
+    if bootstrap > 0 and inside and np.unique(lr_array).size >= 4:
         rng = np.random.default_rng(seed)
         n = lr_array.size
         weights = rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(float)
@@ -225,8 +238,15 @@ def fit_lr_optimum(
             ba, bb, bc = boot[valid].T
             boot_log = -bb / (2 * ba) + log_centre
             boot_loss = bc - bb**2 / (4 * ba)
-            lr_interval = tuple(float(v) for v in np.exp(np.percentile(boot_log, [2.5, 97.5])))
-            loss_interval = tuple(float(v) for v in np.percentile(boot_loss, [2.5, 97.5]))
+            low, high = np.exp(np.percentile(boot_log, [2.5, 97.5]))
+            loss_low, loss_high = np.percentile(boot_loss, [2.5, 97.5])
+            # A percentile interval of a skewed statistic can miss the estimate itself on a
+            # small sweep; widen it to include the estimate rather than report an odd interval.
+            lr_interval = (float(min(low, vertex_lr)), float(max(high, vertex_lr)))
+            loss_interval = (
+                float(min(loss_low, vertex_loss)),
+                float(max(loss_high, vertex_loss)),
+            )
 
     return LROptimum(
         lr=vertex_lr if inside else math.nan,

@@ -85,7 +85,10 @@ def plot_lr_sweeps(
                 interval = optimum.lr_interval
                 error = None
                 if all(math.isfinite(v) for v in interval):
-                    error = [[optimum.lr - interval[0]], [interval[1] - optimum.lr]]
+                    error = [
+                        [max(optimum.lr - interval[0], 0.0)],
+                        [max(interval[1] - optimum.lr, 0.0)],
+                    ]
                 axes.errorbar(
                     [optimum.lr],
                     [optimum.loss],

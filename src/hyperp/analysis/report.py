@@ -57,11 +57,16 @@ def _summary_lines(study: Study, markdown: bool) -> list[str]:
         if markdown:
             lines.append("| " + " | ".join([*row, note]) + " |")
         else:
-            lines.append(
-                f"{bullet}{row[0]}: {options.x}*={row[2]} {row[3]}, loss*={row[4]}, best observed "
-                f"{row[5]}, n={row[1]}, rms residual {row[6]}"
-                + (f"\n{sub}! {note}" if note else "")
-            )
+            if optimum is None:
+                text = f"{bullet}{row[0]}: no fit (n={row[1]})"
+            elif optimum.inside:
+                text = (
+                    f"{bullet}{row[0]}: {options.x}*={row[2]} {row[3]}, loss*={row[4]}, "
+                    f"best observed {row[5]}, n={row[1]}, rms residual {row[6]}"
+                )
+            else:
+                text = f"{bullet}{row[0]}: no optimum; best observed {row[5]}, n={row[1]}"
+            lines.append(text + (f"\n{sub}! {note}" if note else ""))
     sensitivity = [(g, s) for g in study.groups for s in g.sensitivity]
     if sensitivity:
         lines += [

@@ -401,16 +401,18 @@ def _power_laws(
     results = []
     for family, members in families.items():
         result = PowerLawResult(family=dict(family), axis=axis, target=options.target)
-        usable = [
-            g
-            for g in members
-            if g.optimum is not None and g.optimum.inside and _as_float(g.key[axis]) > 0
-        ]
-        left_out = [g.label for g in members if g not in usable]
-        if left_out:
+        numeric = [g for g in members if _as_float(g.key[axis]) > 0]
+        usable = [g for g in numeric if g.optimum is not None and g.optimum.inside]
+        if len(numeric) < len(members):
+            messages.append(
+                f"power law ({result.label}): {axis} must be a positive number; left out "
+                + "; ".join(g.label for g in members if g not in numeric)
+            )
+        without = [g.label for g in numeric if g not in usable]
+        if without:
             messages.append(
                 f"power law ({result.label}): left out groups without an optimum inside their "
-                f"sweep: {'; '.join(left_out)}"
+                f"sweep: {'; '.join(without)}"
             )
         try:
             result.fit = fit_power_law(
