@@ -185,7 +185,7 @@ def fit_lr_optimum(
     # Curvature that moves the fitted loss by less than this over the whole sweep is no curvature:
     # the losses are linear in ln(lr) and the vertex would be an artefact of rounding.
     span = float(log_lr.max() - log_lr.min())
-    flat = a * span**2 <= 1e-9 * (float(np.abs(loss_array).max()) + 1.0)
+    flat = abs(a) * span**2 <= 1e-9 * (float(np.abs(loss_array).max()) + 1.0)
     vertex_lr = vertex_loss = math.nan
     if a > 0 and not flat:
         vertex_log = -b_centred / (2 * a)
@@ -193,18 +193,18 @@ def fit_lr_optimum(
             vertex_lr = float(np.exp(vertex_log + log_centre))
         vertex_loss = float(c_centred - b_centred**2 / (4 * a))
 
-    if a <= 0:
-        inside = False
-        reason = (
-            "the fitted parabola opens downward (a <= 0), so the sweep has no minimum; "
-            "the best observed point is reported instead; widen the sweep around it"
-        )
-    elif flat:
+    if flat:
         inside = False
         direction = "larger" if b_centred < 0 else "smaller"
         reason = (
             "the loss is linear in ln(lr) over the sweep (no curvature), so the optimum lies "
             f"beyond it; it is not extrapolated; add {direction} learning rates"
+        )
+    elif a <= 0:
+        inside = False
+        reason = (
+            "the fitted parabola opens downward (a <= 0), so the sweep has no minimum; "
+            "the best observed point is reported instead; widen the sweep around it"
         )
     elif vertex_lr < lo:
         inside = False
