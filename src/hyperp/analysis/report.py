@@ -41,7 +41,11 @@ def _summary_lines(study: Study, markdown: bool) -> list[str]:
             note = group.error or ""
             row = [group.label or "all", str(group.x.size), "n/a", "n/a", "n/a", "n/a", "n/a"]
         else:
-            interval = f"[{_g(optimum.lr_interval[0])}, {_g(optimum.lr_interval[1])}]"
+            interval = (
+                f"[{_g(optimum.lr_interval[0])}, {_g(optimum.lr_interval[1])}]"
+                if all(math.isfinite(v) for v in optimum.lr_interval)
+                else "n/a (needs 4+ LRs)"
+            )
             note = optimum.reason or ""
             if optimum.dropped:
                 note = f"{optimum.dropped} non-finite loss(es) left out. {note}".strip()
