@@ -7,6 +7,8 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
+
 from hyperp.analysis.io import atomic_write_text
 from hyperp.analysis.study import Study
 
@@ -44,7 +46,11 @@ def _summary_lines(study: Study, markdown: bool) -> list[str]:
             interval = (
                 f"[{_g(optimum.lr_interval[0])}, {_g(optimum.lr_interval[1])}]"
                 if all(math.isfinite(v) for v in optimum.lr_interval)
+                else "n/a (no bootstrap)"
+                if optimum.bootstrap == 0
                 else "n/a (needs 4+ LRs)"
+                if np.unique(optimum.lrs).size < 4
+                else "n/a"
             )
             note = optimum.reason or ""
             if optimum.dropped:
