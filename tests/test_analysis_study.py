@@ -234,3 +234,18 @@ def test_importing_analysis_does_not_import_torch():
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "ok"
+
+
+def test_verbs_are_registered_with_an_example_in_their_help(capsys):
+    from hyperp.cli import VERBS
+    from hyperp.cli import sweep as sweep_cli
+
+    assert VERBS["fit"] == "hyperp.cli.fit" and VERBS["sweep"] == "hyperp.cli.sweep"
+    for module, verb in ((fit_cli, "fit"), (sweep_cli, "sweep")):
+        parser = argparse.ArgumentParser(prog="hyperp")
+        module.register(parser.add_subparsers(dest="verb"))
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([verb, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert f"example:\n  hyperp {verb} " in text
