@@ -192,8 +192,10 @@ def test_jsonl_input_and_degenerate_groups(tmp_path, capsys):
     ]
     path = tmp_path / "export.jsonl"
     path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
-    assert run_fit([str(path), "--group-by", "group", "--y", "loss", "--json"]) == 0
+    # No --y and no --group-by: a W&B-style export's "loss" and "group" columns are found.
+    assert run_fit([str(path), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
+    assert result["options"]["y"] == "loss" and result["group_by"] == ["group"]
     groups = {g["key"]["group"]: g for g in result["groups"]}
     assert "at least 3 distinct learning rates" in groups["a"]["error"]
     assert groups["b"]["optimum"]["inside"] is False

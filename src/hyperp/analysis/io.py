@@ -23,6 +23,7 @@ __all__ = [
     "Records",
     "atomic_write_bytes",
     "atomic_write_text",
+    "columns",
     "load_records",
     "record_value",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from hyperp.analysis.fits import (
     leverage,
     sweep_sensitivity,
 )
-from hyperp.analysis.io import record_value
+from hyperp.analysis.io import columns, record_value
 
 __all__ = [
     "AUTO_GROUP_KEYS",
@@ -42,7 +42,9 @@ __all__ = [
 ]
 
 # Keys a study is grouped by when --group-by is not given: those that take more than one value.
-AUTO_GROUP_KEYS = ("depth", "width", "tokens", "batch_tokens", "seq_len")
+AUTO_GROUP_KEYS = ("group", "depth", "width", "tokens", "batch_tokens", "seq_len")
+# The loss column when --y is not given: the first of these that any record has.
+DEFAULT_LOSS_COLUMNS = ("val_loss", "loss")
 # An offset curve A C^-b + E has three parameters; below this many points the pure power law
 # is preferred (METHOD.md 6: "pure power law when there are few points").
 MIN_POINTS_FOR_OFFSET = 4
@@ -53,7 +55,7 @@ class FitOptions:
     """What to fit. Column names are flat keys of the records or dotted config keys."""
 
     x: str = "lr"
-    y: str = "val_loss"
+    y: str | None = None  # None: val_loss, or loss when the records have no val_loss
     group_by: list[str] | None = None  # None: method column + AUTO_GROUP_KEYS that vary
     scale_axis: str = "tokens"
     method_column: str = "method"
@@ -318,11 +320,23 @@ def analyze(
         raise ValueError("no finished runs or result rows to analyse; check the paths given")
     if all(record_value(r, options.x) is None for r in records):
         raise ValueError(
-            f"no record has the x column {options.x!r}; choose one with --x (e.g. lr or base_lr)"
+            f"no record has the x column {options.x!r}; choose one with --x (e.g. lr or base_lr; "
+            f"columns: {', '.join(columns(records))})"
         )
+    if options.y is None:
+        present = [
+            c for c in DEFAULT_LOSS_COLUMNS if any(record_value(r, c) is not None for r in records)
+        ]
+        if not present:
+            raise ValueError(
+                f"no record has a {' or '.join(DEFAULT_LOSS_COLUMNS)} column; name the loss "
+                f"column with --y (columns: {', '.join(columns(records))})"
+            )
+        options = replace(options, y=present[0])
     if all(record_value(r, options.y) is None for r in records):
         raise ValueError(
-            f"no record has the loss column {options.y!r}; choose one with --y (e.g. val_loss)"
+            f"no record has the loss column {options.y!r}; choose one with --y "
+            f"(columns: {', '.join(columns(records))})"
         )
     group_by = _resolve_group_by(records, options)
     messages: list[str] = []

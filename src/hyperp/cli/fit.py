@@ -17,9 +17,10 @@ directories; failed runs are listed), or CSV/TSV/JSONL/JSON files with one row p
 Dotted names (model.depth, optim.lr) reach into a run's config.
 
 Defaults:
-  --x lr, --y val_loss, --scale-axis tokens, --method-column method, --flops-column flops.
-  --group-by: the method column plus whichever of depth, width, tokens, batch_tokens, seq_len
-    take more than one value.
+  --x lr, --y val_loss (or loss), --scale-axis tokens, --method-column method,
+  --flops-column flops.
+  --group-by: the method column plus whichever of group, depth, width, tokens, batch_tokens,
+    seq_len take more than one value.
   For each group: the LR optimum (quadratic in ln LR, 1000-sample bootstrap 95% interval),
     reported only when inside the swept range; sensitivity for every k from 3 to n-1.
   Power law of the optimum against --scale-axis within each family of groups.
@@ -47,7 +48,9 @@ def register(sub) -> None:
         "--group-by", help="comma-separated columns to group runs by (one sweep each)"
     )
     parser.add_argument("--x", default="lr", help="LR column: lr (default) or base_lr under HyperP")
-    parser.add_argument("--y", default="val_loss", help="loss column (default val_loss)")
+    parser.add_argument(
+        "--y", help="loss column (default: val_loss, or loss when there is no val_loss)"
+    )
     parser.add_argument(
         "--scale-axis", default="tokens", help="axis of the optimum's power law (default tokens)"
     )
