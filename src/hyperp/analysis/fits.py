@@ -238,7 +238,8 @@ def fit_lr_optimum(
             ba, bb, bc = boot[valid].T
             boot_log = -bb / (2 * ba) + log_centre
             boot_loss = bc - bb**2 / (4 * ba)
-            low, high = np.exp(np.percentile(boot_log, [2.5, 97.5]))
+            with np.errstate(over="ignore"):
+                low, high = np.exp(np.percentile(boot_log, [2.5, 97.5]))
             loss_low, loss_high = np.percentile(boot_loss, [2.5, 97.5])
             # A percentile interval of a skewed statistic can miss the estimate itself on a
             # small sweep; widen it to include the estimate rather than report an odd interval.
@@ -331,7 +332,8 @@ def sweep_sensitivity(
     lr_errors = loss_errors = np.array([math.nan])
     if valid.any():
         a, b, c = coefficients[valid].T
-        sub_lr = np.exp(-b / (2 * a) + log_centre)
+        with np.errstate(over="ignore"):  # a nearly flat subset puts its vertex far out
+            sub_lr = np.exp(-b / (2 * a) + log_centre)
         sub_loss = c - b**2 / (4 * a)
         lr_errors = np.abs(sub_lr - full.vertex_lr) / full.vertex_lr
         loss_errors = np.abs(sub_loss - full.vertex_loss) / abs(full.vertex_loss)
