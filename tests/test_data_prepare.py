@@ -271,3 +271,11 @@ def test_cli_prepare_prints_a_summary(tmp_path, capsys):
     meta = _meta(tmp_path / "out")
     assert f"{meta['splits']['train']['tokens']:,} tokens" in printed
     assert meta["command"].startswith("hyperp ")
+
+
+def test_output_inside_an_input_directory_is_not_read_back(tmp_path):
+    _write_docs(tmp_path / "text", 5)
+    first = _meta(prepare([tmp_path / "text"], tmp_path / "text/tok", vocab_size=300))
+    second = _meta(prepare([tmp_path / "text"], tmp_path / "text/tok", vocab_size=300))
+    assert first["documents"] == second["documents"] == 5
+    assert second["tokenizer_seconds"] >= 0 and second["encode_seconds"] >= 0

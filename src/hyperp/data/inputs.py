@@ -260,8 +260,9 @@ def _load_hf_dataset(name_or_path: str, split: str):
             "--hf-dataset needs the Hugging Face datasets library: pip install 'hyperp[datasets]'"
         ) from None
     local = Path(name_or_path)
-    # A directory written by Dataset.save_to_disk holds dataset_info.json or state.json; such a
-    # copy loads without any network access.
+    # Dataset.save_to_disk writes state.json (DatasetDict: dataset_dict.json); such a copy loads
+    # without any network access. Anything else goes to load_dataset (a hub name, a local
+    # script/data directory, or a cached dataset when HF_DATASETS_OFFLINE=1).
     if local.is_dir() and any((local / n).exists() for n in ("state.json", "dataset_dict.json")):
         loaded = datasets.load_from_disk(str(local))
         if isinstance(loaded, datasets.DatasetDict):

@@ -72,6 +72,8 @@ class _SplitWriter:
     uncounted_tokens: int = 0
 
     def add_document(self, ids: np.ndarray) -> None:
+        # Held in the shard dtype: a pending shard costs 2 (or 4) bytes per token, not 8.
+        ids = ids.astype(self.dtype)
         if self.counts is not None:
             self.uncounted.append(ids)
             self.uncounted_tokens += len(ids)
@@ -316,7 +318,11 @@ def prepare(
         raise ValueError(
             "no inputs: pass text/JSONL/Parquet files, directories, globs or --hf-dataset"
         )
+    out_path = Path(out_dir)
     files, skipped_binary = expand_inputs(list(inputs))
+    # An output directory inside an input directory must not feed on itself when re-run.
+    inside_output = out_path.resolve()
+    files = [path for path in files if inside_output not in path.parents]
     source = DocumentSource(
         files=files,
         jsonl_field=jsonl_field,
@@ -325,7 +331,6 @@ def prepare(
         hf_split=hf_split,
         hf_field=hf_field,
     )
-    out_path = Path(out_dir)
     _prepare_out_dir(out_path)
 
     # Pass 1: split keys (and tokenizer training on the documents that will be training data).
@@ -364,7 +369,11 @@ def prepare(
             is_val[int(np.argmin(key_array))] = True
         if is_val.all():
             is_val[int(np.argmax(key_array))] = False
-    say(f"{len(keys)} documents; tokenizer {tokenizer_source}, {tok.get_vocab_size()} ids")
+    first_pass_seconds = time.perf_counter() - started
+    say(
+        f"{len(keys)} documents; tokenizer {tokenizer_source}, {tok.get_vocab_size()} ids "
+        f"({first_pass_seconds:.1f}s)"
+    )
 
     # Pass 2: encode and write.
     if hasattr(tok, "encode_special_tokens"):
@@ -441,6 +450,9 @@ def prepare(
         "command": command if command is not None else shlex.join(sys.argv),
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "prepare_seconds": round(elapsed, 3),
+        # Pass 1 (read, split keys, tokenizer training) and pass 2 (encode, write).
+        "tokenizer_seconds": round(first_pass_seconds, 3),
+        "encode_seconds": round(elapsed - first_pass_seconds, 3),
     }
     _atomic_write_bytes(out_path / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
     say(
