@@ -279,3 +279,41 @@ def test_output_inside_an_input_directory_is_not_read_back(tmp_path):
     second = _meta(prepare([tmp_path / "text"], tmp_path / "text/tok", vocab_size=300))
     assert first["documents"] == second["documents"] == 5
     assert second["tokenizer_seconds"] >= 0 and second["encode_seconds"] >= 0
+
+
+def test_large_vocabulary_uses_uint32_shards(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    # A word-level tokenizer whose last words have ids above 65535, written by hand.
+    vocab = {"[UNK]": 0, **{f"w{i}": i + 1 for i in range(70_000)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(tmp_path / "big.json"))
+    (tmp_path / "a.txt").write_text("w5 w69999 w65536 w12")
+    (tmp_path / "b.txt").write_text("w1 w2 w3")
+    out = prepare(
+        [tmp_path / "a.txt", tmp_path / "b.txt"],
+        tmp_path / "out",
+        tokenizer=tmp_path / "big.json",
+        val_fraction=0.0,
+    )
+    meta = _meta(out)
+    corpus = open_corpus(out)
+    # The end-of-text token was added after the 70001 words.
+    assert meta["dtype"] == "uint32" and corpus.eot_id == 70_001 == meta["vocab_size"] - 1
+    assert corpus.train.dtype == np.dtype("<u4")
+    assert corpus.train[:].tolist() == [70_001, 6, 70_000, 65_537, 13, 70_001, 2, 3, 4]
+
+
+def test_cli_reports_user_mistakes_in_one_line(tmp_path, monkeypatch, capsys):
+    import hyperp.cli as cli
+
+    # Only this verb, so the test does not depend on the other verbs' modules.
+    monkeypatch.setattr(cli, "VERBS", {"prepare": "hyperp.cli.prepare"})
+    code = cli.main(["prepare", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o")])
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert error.startswith("hyperp prepare: error: input") and "does not exist" in error
+    assert "\n" not in error and "Traceback" not in error
+    code = cli.main(["prepare", "--out", str(tmp_path / "o")])
+    assert code == 2 and "at least one INPUT" in capsys.readouterr().err
