@@ -189,3 +189,23 @@ def test_token_source_windows_stay_inside_shards():
     with pytest.raises(IndexError):
         source.gather_windows(np.array([10]), 4)
     assert source[8:12].tolist() == [8, 9, 100, 101]
+
+
+def test_load_tokenizer_decodes_the_corpus(prepared, tmp_path):
+    corpus = open_corpus(prepared)
+    text = corpus.load_tokenizer().decode(corpus.train[1:40].tolist())
+    assert text.split()[0] in [
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "epsilon",
+        "zeta",
+        "eta",
+        "theta",
+        "iota",
+        "kappa",
+    ]
+    write_llmc_shard(tmp_path / "x.bin", np.arange(10))
+    with pytest.raises(ValueError, match=r"no tokenizer\.json"):
+        open_corpus(tmp_path / "x.bin").load_tokenizer()

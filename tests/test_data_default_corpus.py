@@ -80,3 +80,12 @@ def test_concurrent_callers_prepare_once(tmp_path):
     assert len(paths) == 1
     assert sum(output.count("reading ") for output in outputs) == 1
     open_corpus(paths.pop(), verify="always")
+
+
+@pytest.mark.slow
+def test_full_default_corpus(tmp_path):
+    """The whole standard library (about a minute on two cores)."""
+    corpus = open_corpus(default_corpus(tmp_path))
+    assert corpus.vocab_size == 8192 and len(corpus.train) > 1_000_000 and len(corpus.val) > 10_000
+    tokenizer = corpus.load_tokenizer()
+    assert "def" in tokenizer.decode(corpus.train[:2000].tolist())

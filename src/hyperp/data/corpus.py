@@ -181,6 +181,17 @@ class Corpus:
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
     tokenizer_path: Path | None = None
 
+    def load_tokenizer(self):
+        """The corpus's ``tokenizers.Tokenizer`` (to decode samples); ValueError if it has none."""
+        if self.tokenizer_path is None:
+            raise ValueError(
+                f"corpus {self.path} has no tokenizer.json (llm.c shards use GPT-2's tokenizer, "
+                "which is not bundled); decode with that tokenizer yourself"
+            )
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(self.tokenizer_path))
+
 
 def _memmap(path: Path, dtype: np.dtype, offset: int, count: int) -> np.ndarray:
     if count == 0:
