@@ -36,20 +36,44 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the expert matmuls run in: the autocast dtype when autocast is on."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
 def _grouped_gemm_usable(x: torch.Tensor, *banks: torch.Tensor) -> bool:
-    """PyTorch's grouped GEMM runs on CUDA (sm80+) with bf16 operands whose rows are 16-byte
-    aligned; elsewhere the per-expert loop is used."""
-    grouped_mm = getattr(F, "grouped_mm", None)
-    if grouped_mm is None or not x.is_cuda:
+    """PyTorch's grouped GEMM kernel runs on CUDA (sm80+) with bf16 operands whose rows are
+    16-byte aligned. (PyTorch also has a CPU version, but it is several times slower than one
+    matmul per expert, so CPU uses the loop.)"""
+    if getattr(F, "grouped_mm", None) is None or not x.is_cuda:
+        return False
+    if _compute_dtype(x) != torch.bfloat16:
         return False
     if torch.cuda.get_device_capability(x.device) < (8, 0):
         return False
     return all(bank.shape[-1] % 8 == 0 and bank.shape[-2] % 8 == 0 for bank in banks)
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous: the grouped GEMM's
+    backward rejects broadcast (zero-stride) gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 def _grouped_linear(x: torch.Tensor, bank: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    # bank is E x out x in; the grouped GEMM computes x_e @ bank[e].T for each group of rows.
-    return F.grouped_mm(x, bank.transpose(-2, -1), offs=offsets)
+    # bank is E x out x in; the grouped GEMM computes rows_e @ bank[e].T for each row group.
+    out = F.grouped_mm(x, bank.transpose(-2, -1), offs=offsets)
+    return _ContiguousGrad.apply(out)
 
 
 def expert_swiglu(
@@ -64,13 +88,14 @@ def expert_swiglu(
     """SwiGLU of each expert on its own contiguous block of rows of ``x_sorted``.
 
     ``x_sorted`` holds the routed token copies sorted by expert, ``counts[e]`` rows for expert
-    ``e``; banks are ``E x hidden x n`` (gate, up) and ``E x n x hidden`` (down).
+    ``e``; banks are ``E x hidden x n`` (gate, up) and ``E x n x hidden`` (down). Each expert's
+    three matmuls run once on all its rows: as one grouped GEMM per matrix (CUDA, bf16; no
+    host sync) or as one matmul per expert.
     """
     if use_grouped_gemm is None:
         use_grouped_gemm = _grouped_gemm_usable(x_sorted, w_gate, w_up, w_down)
     if use_grouped_gemm:
-        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
-        dtype = dtype or torch.bfloat16
+        dtype = _compute_dtype(x_sorted)
         offsets = torch.cumsum(counts, 0).to(torch.int32)
         xs = x_sorted.to(dtype)
         gate = _grouped_linear(xs, w_gate.to(dtype), offsets)
