@@ -199,7 +199,8 @@ class MoE(nn.Module):
         shape = x.shape
         tokens = x.reshape(-1, self.width)
         # Router statistics in fp32 (METHOD.md 3.1), whatever the autocast dtype.
-        logits = F.linear(tokens.float(), self.router.weight.float())
+        with torch.autocast(tokens.device.type, enabled=False):
+            logits = F.linear(tokens.float(), self.router.weight.float())
         top_logits, expert_index = torch.topk(logits, self.top_k, dim=-1)
         gates = torch.softmax(top_logits, dim=-1)
         # SqrtGate: weights sqrt(g_i) keep the output RMS independent of k (sum g_i = 1).
@@ -213,17 +214,16 @@ class MoE(nn.Module):
         expert_out = expert_swiglu(
             tokens[token_of_row], counts, self.w_gate, self.w_up, self.w_down
         )
-        weighted = expert_out * combine.reshape(-1)[order].unsqueeze(-1).to(expert_out.dtype)
-        routed = torch.zeros_like(tokens, dtype=weighted.dtype).index_add_(
-            0, token_of_row, weighted
-        )
+        # Combine in fp32: a token's k weighted expert outputs are summed without bf16 rounding.
+        weighted = expert_out.float() * combine.reshape(-1)[order].unsqueeze(-1)
+        routed = torch.zeros_like(tokens, dtype=torch.float32).index_add_(0, token_of_row, weighted)
 
         if self.shared is not None:
             shared = self.shared(tokens)
             if self.sqrt_gate:
-                out = math.sqrt(0.5) * routed + math.sqrt(0.5) * shared.to(routed.dtype)
+                out = math.sqrt(0.5) * routed + math.sqrt(0.5) * shared.float()
             else:
-                out = routed + shared.to(routed.dtype)
+                out = routed + shared.float()
         else:
             out = routed
 
