@@ -121,7 +121,7 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm block: ``x + m*attn(norm(x))``, then ``x + m*mlp(norm(x))``, ``m = 1/sqrt(2L)``.
 
-    ``forward`` returns ``(x, balancing_loss)``; the loss is a zero tensor for a dense MLP.
+    ``forward`` returns ``(x, balancing_loss)``; the loss is None for a dense MLP.
     """
 
     def __init__(self, config: ModelConfig, layer_index: int) -> None:
@@ -138,14 +138,13 @@ class Block(nn.Module):
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attn_out = self.attn(self.attn_norm(x), cos, sin) * self.residual_multiplier
         x = x + attn_out.float()
         mlp_out = self.mlp(self.mlp_norm(x))
+        aux = None
         if isinstance(mlp_out, tuple):
             mlp_out, aux = mlp_out
-        else:
-            aux = x.new_zeros(())
         mlp_out = mlp_out * self.residual_multiplier
         x = x + mlp_out.float()
         if self._hyperp_monitor is not None:
@@ -209,7 +208,8 @@ class Transformer(nn.Module):
         aux_loss = x.new_zeros(())
         for block in self.blocks:
             x, block_aux = block(x, cos, sin)
-            aux_loss = aux_loss + block_aux
+            if block_aux is not None:
+                aux_loss = aux_loss + block_aux
         logits = self.head(self.final_norm(x))
         if self.config.logit_multiplier != 1.0:
             logits = logits * self.config.logit_multiplier
