@@ -84,7 +84,11 @@ def test_branch_rms_equals_hand_computation():
         attn_out = block.attn(block.attn_norm(x), cos, sin) / math.sqrt(4)
         x = x + attn_out
         mlp_out = block.mlp(block.mlp_norm(x)) / math.sqrt(4)
+        residual = x + mlp_out
     summary = stats.summary()
+    assert summary["residual_rms/0"] == pytest.approx(
+        residual.pow(2).mean().sqrt().item(), rel=1e-5
+    )
     assert summary["attn_branch_rms/0"] == pytest.approx(
         attn_out.pow(2).mean().sqrt().item(), rel=1e-5
     )

@@ -16,6 +16,7 @@ Indicators (per layer, and aggregated over layers):
 
 - branch output RMS ``sqrt(mean(h^2))`` of each attention and MLP/MoE branch output after the
   ``1/sqrt(2L)`` multiplier; aggregate ``branch_rms`` = RMS over all branches of all layers;
+- residual-stream RMS after each block (``residual_rms/i``; for the coordinate check);
 - outlier percentage: in each token's residual-stream vector after the block, the share of
   elements with ``|h - mean| > 5 std`` (mean and std over the hidden dim); mean over layers;
 - attention Z: mean over batch, heads and queries of ``LSE^2``, LSE the log-sum-exp of the
@@ -108,6 +109,7 @@ class StabilityStats:
     def __init__(self) -> None:
         self._attn_sq: dict[int, _Sum] = defaultdict(_Sum)
         self._mlp_sq: dict[int, _Sum] = defaultdict(_Sum)
+        self._residual_sq: dict[int, _Sum] = defaultdict(_Sum)
         self._outliers: dict[int, _Sum] = defaultdict(_Sum)
         self._attn_z: dict[int, _Sum] = defaultdict(_Sum)
         self._router_z: dict[int, _Sum] = defaultdict(_Sum)
@@ -121,6 +123,7 @@ class StabilityStats:
     ) -> None:
         self._attn_sq[layer].add(attn_out.float().square().sum(), attn_out.numel())
         self._mlp_sq[layer].add(mlp_out.float().square().sum(), mlp_out.numel())
+        self._residual_sq[layer].add(residual.float().square().sum(), residual.numel())
         outliers, elements = outlier_fraction(residual)
         self._outliers[layer].add(outliers, elements)
 
@@ -164,6 +167,7 @@ class StabilityStats:
         table: dict[str, dict[int, float]] = {
             "attn_branch_rms": {i: s.mean() ** 0.5 for i, s in sorted(self._attn_sq.items())},
             "mlp_branch_rms": {i: s.mean() ** 0.5 for i, s in sorted(self._mlp_sq.items())},
+            "residual_rms": {i: s.mean() ** 0.5 for i, s in sorted(self._residual_sq.items())},
             "outlier_pct": {i: 100.0 * s.mean() for i, s in sorted(self._outliers.items())},
             "attn_z": {i: s.mean() for i, s in sorted(self._attn_z.items())},
         }
