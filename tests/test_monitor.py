@@ -45,7 +45,7 @@ def test_attention_lse_chunking_is_exact(monkeypatch):
     torch.manual_seed(0)
     q, k = torch.randn(1, 2, 13, 4), torch.randn(1, 2, 13, 4)
     whole = attention_lse(q, k, 0.5)
-    monkeypatch.setattr(hyperp.monitor, "_LSE_QUERY_CHUNK", 4)
+    monkeypatch.setattr(hyperp.monitor, "_LSE_SCORE_ELEMENTS", 2 * 13 * 4)  # 4 query rows
     torch.testing.assert_close(attention_lse(q, k, 0.5), whole)
 
 

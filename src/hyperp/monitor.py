@@ -45,9 +45,9 @@ __all__ = [
 
 OUTLIER_SIGMAS = 5.0
 _MONITOR_SLOT = "_hyperp_monitor"
-# Query rows per chunk when computing attention LSE: bounds the score buffer to
-# batch x heads x chunk x length floats.
-_LSE_QUERY_CHUNK = 256
+# Attention LSE is computed a block of query rows at a time so that the fp32 score buffer
+# (batch x heads x rows x length) stays under this many elements (512 MiB).
+_LSE_SCORE_ELEMENTS = 2**27
 
 
 @torch.no_grad()
@@ -63,9 +63,10 @@ def attention_lse(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tenso
     k = k.float().repeat_interleave(heads // kv_heads, dim=1)
     q = q.float()
     key_position = torch.arange(length, device=q.device)
+    rows_per_chunk = max(1, _LSE_SCORE_ELEMENTS // (q.shape[0] * heads * length))
     chunks = []
-    for start in range(0, length, _LSE_QUERY_CHUNK):
-        stop = min(length, start + _LSE_QUERY_CHUNK)
+    for start in range(0, length, rows_per_chunk):
+        stop = min(length, start + rows_per_chunk)
         scores = torch.matmul(q[:, :, start:stop], k.transpose(-2, -1)) * scale
         query_position = torch.arange(start, stop, device=q.device)
         future = key_position[None, :] > query_position[:, None]
