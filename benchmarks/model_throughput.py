@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import statistics
 import time
 
@@ -196,9 +197,12 @@ def main() -> None:
         for _ in range(2):
             step()
     times: dict[str, list[float]] = {name: [] for name in variants}
+    order = list(variants)
+    shuffle = random.Random(0)
     for _ in range(args.rounds):
-        for name, step in variants.items():
-            times[name].append(timed_step(step, device))
+        shuffle.shuffle(order)  # no variant always runs first (caches, clock ramps)
+        for name in order:
+            times[name].append(timed_step(variants[name], device))
     tokens_per_step = args.batch * args.context
     # Median and minimum over rounds; on a shared CPU the minimum is the steadier estimate of
     # the intrinsic cost (contention only ever adds time).

@@ -102,11 +102,14 @@ def expert_swiglu(
         up = _grouped_linear(xs, w_up.to(dtype), offsets)
         return _grouped_linear(F.silu(gate) * up, w_down.to(dtype), offsets)
     outputs = []
-    for expert, rows in enumerate(x_sorted.split(counts.tolist(), dim=0)):
+    # unbind, not bank[e]: indexing would give every expert a full-bank zero gradient to add
+    # into (E^2 work in the backward); unbind's backward stacks the slice gradients once.
+    banks = zip(w_gate.unbind(0), w_up.unbind(0), w_down.unbind(0))
+    for rows, (gate, up, down) in zip(x_sorted.split(counts.tolist(), dim=0), banks):
         if rows.shape[0] == 0:
             continue
-        hidden = F.silu(F.linear(rows, w_gate[expert])) * F.linear(rows, w_up[expert])
-        outputs.append(F.linear(hidden, w_down[expert]))
+        hidden = F.silu(F.linear(rows, gate)) * F.linear(rows, up)
+        outputs.append(F.linear(hidden, down))
     if not outputs:
         return x_sorted.new_zeros(0, w_down.shape[1])
     return torch.cat(outputs, dim=0)
