@@ -87,6 +87,7 @@ def test_cli_check_writes_plot_and_json(tmp_path, capsys):
     assert status == (0 if data["flat"] else 1)
     assert plot.stat().st_size > 1000
     assert data["depths"] == [1, 2] and data["widths"] == [16, 32]
+    assert set(data["depth_slopes"]) == {"16", "32"}
     assert main(["check", "--widths", "16", "32", "--model", "no_such_key=1"]) == 2
     assert "not a ModelConfig field" in capsys.readouterr().err
     assert main(["check", "--widths", "16", "--steps", "1"]) == 2

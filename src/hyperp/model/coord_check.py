@@ -99,6 +99,23 @@ class CoordCheckResult:
                 )
         return out
 
+    def depth_slopes(self, step: int | None = None) -> dict[int, float]:
+        """Per width, the slope of log RMS of the last block's residual stream against log
+        depth (Depth-muP keeps it near 0); empty with fewer than two depths."""
+        step = self.steps if step is None else step
+        if len(self.depths) < 2:
+            return {}
+        out = {}
+        for width in self.widths:
+            points = []
+            for depth in self.depths:
+                last = self.values(depth, step).get(f"residual_rms/{depth - 1}", {})
+                if width in last:
+                    points.append((math.log(depth), math.log(last[width])))
+            if len(points) >= 2:
+                out[width] = _slope([p[0] for p in points], [p[1] for p in points])
+        return out
+
     def not_flat(
         self, tolerance: float = FLAT_SLOPE_TOLERANCE, *, include_logits: bool = True
     ) -> dict[tuple[int, str], float]:
@@ -138,6 +155,12 @@ class CoordCheckResult:
                         flat = "no: set by the head-init width rule (METHOD.md 3)"
                     row += f"{slope:>9.3f}  {flat}"
                 lines.append(row)
+        depth_slopes = self.depth_slopes()
+        if depth_slopes:
+            lines.append(
+                "last block's residual RMS against depth (slope of log RMS vs log depth): "
+                + ", ".join(f"w={w}: {slope:.3f}" for w, slope in depth_slopes.items())
+            )
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -152,6 +175,7 @@ class CoordCheckResult:
                 {"depth": depth, "quantity": quantity, "slope": slope}
                 for (depth, quantity), slope in self.slopes().items()
             ],
+            "depth_slopes": {str(w): slope for w, slope in self.depth_slopes().items()},
             "records": self.records,
         }
 
@@ -214,7 +238,8 @@ def coord_check(
 ) -> CoordCheckResult:
     """Train ``steps`` steps at every (depth, width) and record activation RMS per layer.
 
-    The same data and seed serve every shape. ``model_overrides`` are extra
+    The same data and seed serve every shape; ``lr`` is the LR at the smallest depth ``d0``
+    (deeper models get the method's depth rule). ``model_overrides`` are extra
     :class:`ModelConfig` fields (e.g. ``{"head_init_rule": "inverse_width"}``).
     """
     if method not in METHODS:
@@ -243,7 +268,11 @@ def coord_check(
                 config = replace(config, logit_multiplier=result.depths[0] / depth)
             torch.manual_seed(seed)
             model = Transformer(config).to(device)
-            optimizer = _optimizer(model, method, lr, depth_ratio=result.depths[0] / depth)
+            depth_ratio = result.depths[0] / depth
+            # Depth transfer (METHOD.md 4, 2.5): HyperP and Muon scale the LR by sqrt(d0/d);
+            # the AdamW baseline scales matrix LRs by d0/d inside build_optimizer.
+            depth_lr = lr * math.sqrt(depth_ratio) if method in ("hyperp", "muon") else lr
+            optimizer = _optimizer(model, method, depth_lr, depth_ratio=depth_ratio)
             for step in range(steps + 1):
                 tokens = batches[step].to(device)
                 inputs, targets = tokens[:, :-1], tokens[:, 1:]
