@@ -265,3 +265,10 @@ def test_too_long_sequence_is_a_clear_error():
     model = Transformer(tiny(context=8))
     with pytest.raises(ValueError, match=r"exceeds model\.context"):
         model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_config_round_trips_through_a_dict():
+    config = tiny(moe_sparsity=2, moe_granularity=4, head_init_rule="inverse_width")
+    again = ModelConfig.from_dict(config.to_dict())
+    assert again == config
+    assert again.n_heads == config.n_heads == 8  # resolved defaults are kept

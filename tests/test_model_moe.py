@@ -244,3 +244,22 @@ def test_grouped_gemm_path_matches_the_loop_on_cuda():
     grouped = expert_swiglu(x.bfloat16(), counts, *bf16, use_grouped_gemm=True)
     loop = expert_swiglu(x.bfloat16(), counts, *bf16, use_grouped_gemm=False)
     torch.testing.assert_close(grouped.float(), loop.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_router_runs_in_fp32_under_bf16_autocast():
+    import hyperp.monitor
+
+    torch.manual_seed(0)
+    moe = MoE(moe_config(moe_sparsity=2, moe_granularity=2))
+    seen = {}
+
+    class Spy(hyperp.monitor.StabilityStats):
+        def record_router(self, layer, logits, expert_counts):
+            seen["dtype"] = logits.dtype
+            super().record_router(layer, logits, expert_counts)
+
+    moe._hyperp_monitor = Spy()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, aux = moe(torch.randn(2, 4, 32))
+    assert seen["dtype"] == torch.float32
+    assert aux.dtype == torch.float32 and out.dtype == torch.float32
