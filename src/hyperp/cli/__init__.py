@@ -14,6 +14,7 @@ import sys
 VERBS: dict[str, str] = {
     "transfer": "hyperp.cli.transfer",
     "prepare": "hyperp.cli.prepare",
+    "check": "hyperp.cli.check",
 }
 
 
