@@ -13,6 +13,8 @@ import sys
 # Verb name -> module under hyperp.cli that defines register(subparsers).
 VERBS: dict[str, str] = {
     "transfer": "hyperp.cli.transfer",
+    "prepare": "hyperp.cli.prepare",
+    "check": "hyperp.cli.check",
     "fit": "hyperp.cli.fit",
     "sweep": "hyperp.cli.sweep",
 }

@@ -45,7 +45,7 @@ _ROLE_ATTRIBUTE = "_hyperp_role"
 _LAYOUT_ATTRIBUTE = "_hyperp_matrix_layout"
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     """What an optimizer does with a parameter (METHOD.md 2.1)."""
 
     MATRIX = "matrix"
@@ -168,7 +168,9 @@ def assign_roles(
 
     infos: list[ParameterInfo] = []
     for name, param in _named_unique_parameters(model):
-        layout = getattr(param, _LAYOUT_ATTRIBUTE, "flatten" if id(param) in conv_params else "batch")
+        layout = getattr(
+            param, _LAYOUT_ATTRIBUTE, "flatten" if id(param) in conv_params else "batch"
+        )
         matched = [key for key in overrides if key == name or fnmatch.fnmatchcase(name, key)]
         if matched:
             key = matched[0] if name not in overrides else name

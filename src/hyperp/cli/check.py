@@ -1,0 +1,129 @@
+"""``hyperp check``: coordinate check of the parameterization (activation RMS against width)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from hyperp.cli import UserError, add_verb
+
+_METHODS = ("hyperp", "muon", "adamw", "sp-adamw")
+
+
+def register(sub) -> None:
+    parser = add_verb(
+        sub,
+        "check",
+        help="coordinate check: train a few steps at several widths, tabulate activation RMS",
+        example="hyperp check --widths 64 128 256 --depths 2 4 --plot coord.png",
+        description=(
+            "Train a few steps on synthetic Markov-chain tokens at several widths (and depths) and\n"
+            "report each layer's activation RMS (attention/MLP branch outputs after the Depth-muP\n"
+            "multiplier, residual stream, logits) against width. Under HyperP the hidden curves\n"
+            "are flat: |slope of log RMS vs log width| <= 0.2. Compare with --method sp-adamw\n"
+            "(standard parameterization, AdamW), whose curves grow with width. The logits follow\n"
+            "the head-init width rule (METHOD.md 3) and are shown but not part of the verdict.\n"
+            "Exit status 0 when every hidden curve is flat, 1 otherwise."
+        ),
+    )
+    parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--depths", type=int, nargs="+", default=[2])
+    parser.add_argument("--method", choices=_METHODS, default="hyperp")
+    parser.add_argument(
+        "--lr", type=float, help="learning rate (default: 0.02 hyperp/muon, 0.01 adamw)"
+    )
+    parser.add_argument("--steps", type=int, default=10, help="training steps (default 10)")
+    parser.add_argument("--batch", type=int, default=8, help="sequences per step (default 8)")
+    parser.add_argument("--context", type=int, default=64, help="sequence length (default 64)")
+    parser.add_argument("--vocab-size", type=int, default=256)
+    parser.add_argument("--head-dim", type=int, default=16)
+    parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other ModelConfig field, e.g. --model head_init_rule=inverse_width (repeatable)",
+    )
+    parser.add_argument("--plot", metavar="PNG", help="write RMS-vs-width plots here")
+    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    parser.set_defaults(func=run)
+
+
+def _model_overrides(items: list[str]) -> dict:
+    from dataclasses import fields
+
+    from hyperp.model import ModelConfig
+
+    defaults = {f.name: f.default for f in fields(ModelConfig)}
+    reserved = {"depth", "width", "head_dim", "n_kv_heads", "vocab_size", "context"}
+    overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise UserError(f"--model expects KEY=VALUE, got {item!r}")
+        if key not in defaults:
+            raise UserError(
+                f"--model {key}: not a ModelConfig field; valid: {', '.join(sorted(defaults))}"
+            )
+        if key in reserved:
+            raise UserError(f"--model {key}: set it with the check's own option instead")
+        default = defaults[key]
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                value = text.lower() in ("true", "1")
+            elif isinstance(default, int):
+                value = int(text)
+            elif isinstance(default, float):
+                value = float(text)
+            else:
+                value = text
+        except ValueError:
+            raise UserError(f"--model {key}={text}: expected a {type(default).__name__}") from None
+        overrides[key] = value
+    return overrides
+
+
+def run(args) -> int:
+    from hyperp.model.coord_check import coord_check
+
+    if any(w < 1 for w in args.widths) or any(d < 1 for d in args.depths):
+        raise UserError("widths and depths must be positive integers")
+    result = coord_check(
+        widths=args.widths,
+        depths=args.depths,
+        method=args.method,
+        lr=args.lr,
+        steps=args.steps,
+        batch=args.batch,
+        context=args.context,
+        vocab_size=args.vocab_size,
+        head_dim=args.head_dim,
+        n_kv_heads=args.kv_heads,
+        seed=args.seed,
+        model_overrides=_model_overrides(args.model),
+        device=args.device,
+    )
+    if args.plot:
+        result.plot(args.plot)
+    not_flat = result.not_flat(include_logits=False)
+    if args.json:
+        out = result.to_dict()
+        out["flat"] = not not_flat
+        json.dump(out, sys.stdout, indent=1)
+        print()
+    else:
+        print(result.table())
+        if not_flat:
+            names = ", ".join(f"d{depth} {quantity}" for depth, quantity in not_flat)
+            print(f"NOT FLAT: {names}")
+        else:
+            print("flat: every hidden activation is width-independent within the tolerance")
+        if args.plot:
+            print(f"plot written to {args.plot}")
+    return 1 if not_flat else 0

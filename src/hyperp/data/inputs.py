@@ -1,0 +1,322 @@
+"""Reading raw text for ``hyperp prepare``: files, directories, globs, JSONL, Parquet, HF datasets.
+
+Every input is turned into a stream of :class:`Document` objects in a deterministic order, so that
+two passes over the same inputs (one to train the tokenizer and pick the split, one to encode)
+see the same documents.
+
+What counts as one document:
+
+- a plain-text file is one document, unless it contains the literal marker ``<|endoftext|>``
+  (as e.g. TinyStories ships), in which case the marker separates documents;
+- a JSONL line is one document (its ``jsonl_field``); blank lines and ``null`` values are skipped;
+- a Parquet row is one document (its ``parquet_column``);
+- a Hugging Face dataset row is one document (its ``hf_field``).
+
+Undecodable bytes never stop preparation: each invalid UTF-8 byte becomes U+FFFD and is counted in
+``Document.replaced_bytes`` (summed into ``meta.json`` as ``replaced_bytes``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "DOCUMENT_MARKER",
+    "Document",
+    "DocumentSource",
+    "decode_utf8",
+    "expand_inputs",
+]
+
+# Plain-text files that contain this marker are split into documents at it.
+DOCUMENT_MARKER = "<|endoftext|>"
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+PARQUET_SUFFIXES = (".parquet",)
+
+# surrogateescape maps each undecodable byte 0x80-0xFF to one code point in this range.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+# Any lone surrogate (e.g. from a JSON "\ud800" escape) cannot be encoded as UTF-8.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_GLOB_CHARS = ("*", "?", "[")
+# Bytes sniffed to tell binary files (skipped when found by a directory walk) from text.
+_SNIFF_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document of the corpus: valid Unicode text, where it came from, bytes replaced."""
+
+    text: str
+    origin: str
+    replaced_bytes: int = 0
+
+
+def decode_utf8(raw: bytes) -> tuple[str, int]:
+    """Decode UTF-8, replacing each undecodable byte by U+FFFD; returns (text, bytes replaced)."""
+    try:
+        return raw.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        escaped = raw.decode("utf-8", errors="surrogateescape")
+        replaced = len(_ESCAPED_BYTE.findall(escaped))
+        return _ESCAPED_BYTE.sub("\ufffd", escaped), replaced
+
+
+def _clean_string(text: str) -> tuple[str, int]:
+    """Replace lone surrogates (not encodable as UTF-8) by U+FFFD; returns (text, replaced)."""
+    try:
+        text.encode("utf-8")
+        return text, 0
+    except UnicodeEncodeError:
+        replaced = len(_LONE_SURROGATE.findall(text))
+        return _LONE_SURROGATE.sub("\ufffd", text), replaced
+
+
+def _has_glob(text: str) -> bool:
+    return any(char in text for char in _GLOB_CHARS)
+
+
+def _looks_binary(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return b"\x00" in handle.read(_SNIFF_BYTES)
+
+
+def _walk_directory(directory: Path) -> tuple[list[Path], int]:
+    """Regular, non-hidden, non-binary files under ``directory`` in sorted order; and #binary."""
+    files: list[Path] = []
+    skipped_binary = 0
+    for root, dirnames, filenames in os.walk(directory):
+        # Sorting in place makes os.walk itself deterministic; hidden dirs (.git) are pruned.
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(root) / name
+            if not path.is_file():
+                continue
+            if _looks_binary(path):
+                skipped_binary += 1
+                continue
+            files.append(path)
+    return files, skipped_binary
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], int]:
+    """Resolve files, directories and globs to a deduplicated, ordered list of files.
+
+    Returns ``(files, skipped_binary_files)``. Files named explicitly are always read; files found
+    by walking a directory or a glob are skipped when they look binary (a NUL byte in the first
+    8 KiB), since a directory of sources often holds images or compiled files too.
+    """
+    files: list[Path] = []
+    skipped_binary = 0
+    for item in inputs:
+        text = os.fspath(item)
+        if _has_glob(text) and not Path(text).exists():
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise FileNotFoundError(
+                    f"no files match the pattern {text!r}; check the path, or quote the pattern "
+                    "so that the shell does not expand it"
+                )
+            for match in matches:
+                path = Path(match)
+                if path.is_dir():
+                    found, binary = _walk_directory(path)
+                    files.extend(found)
+                    skipped_binary += binary
+                elif path.is_file():
+                    if _looks_binary(path):
+                        skipped_binary += 1
+                    else:
+                        files.append(path)
+            continue
+        path = Path(text)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"input {text!r} does not exist; pass text, JSONL or Parquet files, "
+                "directories or glob patterns"
+            )
+        if path.is_dir():
+            found, binary = _walk_directory(path)
+            files.extend(found)
+            skipped_binary += binary
+        else:
+            files.append(path)
+    unique: dict[Path, None] = {}
+    for path in files:
+        unique.setdefault(path.resolve(), None)
+    return list(unique), skipped_binary
+
+
+def _file_kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    return "text"
+
+
+def _text_documents(path: Path) -> Iterator[Document]:
+    text, replaced = decode_utf8(path.read_bytes())
+    if DOCUMENT_MARKER not in text:
+        if text:
+            yield Document(text, str(path), replaced)
+        return
+    # The replaced-byte count is attributed to the file's first document; only the total matters.
+    pieces = [piece.strip("\n") for piece in text.split(DOCUMENT_MARKER)]
+    first = True
+    for index, piece in enumerate(pieces):
+        if piece:
+            yield Document(piece, f"{path}#{index}", replaced if first else 0)
+            first = False
+
+
+def _jsonl_documents(path: Path, field: str) -> Iterator[Document]:
+    with open(path, "rb") as handle:
+        for line_number, raw_line in enumerate(handle, start=1):
+            line, replaced = decode_utf8(raw_line)
+            if not line.strip():
+                continue
+            origin = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{origin}: not valid JSON ({error.msg}); each line of a JSONL file must be "
+                    "one JSON object"
+                ) from None
+            if not isinstance(record, dict):
+                raise ValueError(
+                    f"{origin}: expected a JSON object per line, got {type(record).__name__}"
+                )
+            if field not in record:
+                fields = ", ".join(sorted(record)) or "none"
+                raise ValueError(
+                    f"{origin}: no field {field!r} (fields: {fields}); choose the text field with "
+                    "--jsonl-field NAME"
+                )
+            value = record[field]
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise ValueError(
+                    f"{origin}: field {field!r} holds {type(value).__name__}, not text; choose the "
+                    "text field with --jsonl-field NAME"
+                )
+            value, surrogates = _clean_string(value)
+            if value:
+                yield Document(value, origin, replaced + surrogates)
+
+
+def _parquet_documents(path: Path, column: str) -> Iterator[Document]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(
+            f"reading {path} needs pyarrow: pip install pyarrow (or pip install 'hyperp[parquet]')"
+        ) from None
+    try:
+        parquet_file = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow raises its own ArrowInvalid for non-Parquet files
+        raise ValueError(f"{path}: not a readable Parquet file ({error})") from None
+    names = parquet_file.schema_arrow.names
+    if column not in names:
+        raise ValueError(
+            f"{path}: no column {column!r} (columns: {', '.join(names)}); choose the text column "
+            "with --parquet-column NAME"
+        )
+    row = 0
+    for batch in parquet_file.iter_batches(columns=[column], batch_size=4096):
+        for value in batch.column(0).to_pylist():
+            row += 1
+            if value is None:
+                continue
+            if isinstance(value, bytes):
+                value, replaced = decode_utf8(value)
+            elif isinstance(value, str):
+                replaced = 0
+            else:
+                raise ValueError(
+                    f"{path}: column {column!r} holds {type(value).__name__}, not text; choose the "
+                    "text column with --parquet-column NAME"
+                )
+            if value:
+                yield Document(value, f"{path}[{row - 1}]", replaced)
+
+
+def _load_hf_dataset(name_or_path: str, split: str):
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(
+            "--hf-dataset needs the Hugging Face datasets library: pip install 'hyperp[datasets]'"
+        ) from None
+    local = Path(name_or_path)
+    # Dataset.save_to_disk writes state.json (DatasetDict: dataset_dict.json); such a copy loads
+    # without any network access. Anything else goes to load_dataset (a hub name, a local
+    # script/data directory, or a cached dataset when HF_DATASETS_OFFLINE=1).
+    if local.is_dir() and any((local / n).exists() for n in ("state.json", "dataset_dict.json")):
+        loaded = datasets.load_from_disk(str(local))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(
+                    f"dataset at {local} has splits {sorted(loaded)}, not {split!r}; pass "
+                    "--hf-split NAME"
+                )
+            loaded = loaded[split]
+        return loaded
+    return datasets.load_dataset(name_or_path, split=split)
+
+
+def _hf_documents(name_or_path: str, split: str, field: str) -> Iterator[Document]:
+    dataset = _load_hf_dataset(name_or_path, split)
+    columns = list(getattr(dataset, "column_names", None) or [])
+    if columns and field not in columns:
+        raise ValueError(
+            f"dataset {name_or_path!r} has no column {field!r} (columns: {', '.join(columns)}); "
+            "choose the text column with --hf-field NAME"
+        )
+    for row, record in enumerate(dataset):
+        value = record[field]
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ValueError(
+                f"dataset {name_or_path!r} column {field!r} holds {type(value).__name__}, not text"
+            )
+        value, replaced = _clean_string(value)
+        if value:
+            yield Document(value, f"{name_or_path}[{row}]", replaced)
+
+
+@dataclass
+class DocumentSource:
+    """A re-iterable, deterministic stream of documents from files and/or one HF dataset."""
+
+    files: list[Path]
+    jsonl_field: str = "text"
+    parquet_column: str = "text"
+    hf_dataset: str | None = None
+    hf_split: str = "train"
+    hf_field: str = "text"
+
+    def documents(self) -> Iterator[Document]:
+        """Yield every document, in the same order on every call."""
+        for path in self.files:
+            kind = _file_kind(path)
+            if kind == "jsonl":
+                yield from _jsonl_documents(path, self.jsonl_field)
+            elif kind == "parquet":
+                yield from _parquet_documents(path, self.parquet_column)
+            else:
+                yield from _text_documents(path)
+        if self.hf_dataset is not None:
+            yield from _hf_documents(self.hf_dataset, self.hf_split, self.hf_field)

@@ -1,0 +1,16 @@
+"""The paper's dense and MoE transformer family (METHOD.md section 3)."""
+
+from hyperp.model.config import ModelConfig
+from hyperp.model.moe import MoE, SwiGLU, load_balancing_loss
+from hyperp.model.transformer import Block, ModelOutput, RMSNorm, Transformer
+
+__all__ = [
+    "Block",
+    "MoE",
+    "ModelConfig",
+    "ModelOutput",
+    "RMSNorm",
+    "SwiGLU",
+    "Transformer",
+    "load_balancing_loss",
+]

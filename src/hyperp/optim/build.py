@@ -1,0 +1,127 @@
+"""From a model to one optimizer: roles -> param groups -> algorithms (METHOD.md 2.1, 2.5)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from hyperp.optim.newton_schulz import Coefficients
+from hyperp.optim.optimizers import GroupedOptimizer
+from hyperp.optim.roles import Role, assign_roles
+
+__all__ = ["METHODS", "build_optimizer", "param_groups"]
+
+METHODS = ("hyperp", "muon", "adamw")
+
+# Which algorithm trains each role, per method (METHOD.md 2.1 and 2.5).
+_ALGORITHM = {
+    "hyperp": {
+        Role.MATRIX: "muonh",
+        Role.HEAD: "adamh",
+        Role.EMBEDDING: "adam",
+        Role.VECTOR: "adam",
+    },
+    "muon": {Role.MATRIX: "muon", Role.HEAD: "adam", Role.EMBEDDING: "adam", Role.VECTOR: "adam"},
+    "adamw": {Role.MATRIX: "adam", Role.HEAD: "adam", Role.EMBEDDING: "adam", Role.VECTOR: "adam"},
+}
+
+
+def param_groups(
+    model: nn.Module,
+    *,
+    head: nn.Module | str | None = None,
+    roles: Mapping[str, Role | str] | None = None,
+) -> list[dict[str, Any]]:
+    """The model's trainable parameters split by role (and matrix layout).
+
+    Each group is a dict with ``role`` (a :class:`Role` value string), ``layout``, ``params``
+    (tensors) and ``param_names``, ready to pass to any ``torch.optim`` optimizer after adding
+    options. Empty roles are left out. See :func:`hyperp.optim.assign_roles` for how roles are
+    found and overridden.
+    """
+    grouped: dict[tuple[Role, str], dict[str, Any]] = {}
+    for info in assign_roles(model, head=head, roles=roles):
+        layout = info.layout if info.role.on_sphere else "batch"
+        group = grouped.setdefault(
+            (info.role, layout),
+            {"role": info.role.value, "layout": layout, "params": [], "param_names": []},
+        )
+        group["params"].append(info.param)
+        group["param_names"].append(info.name)
+    order = {role: i for i, role in enumerate(Role)}
+    return [grouped[key] for key in sorted(grouped, key=lambda k: (order[k[0]], k[1]))]
+
+
+def build_optimizer(
+    model: nn.Module,
+    method: str = "hyperp",
+    lr: float = 0.02,
+    *,
+    weight_decay: float = 0.0,
+    depth_ratio: float = 1.0,
+    momentum: float = 0.95,
+    betas: tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
+    sphere: str = "matrix",
+    ns_steps: int = 5,
+    ns_coefficients: Coefficients = "hyperp",
+    ns_dtype: torch.dtype | str | None = None,
+    head: nn.Module | str | None = None,
+    roles: Mapping[str, Role | str] | None = None,
+) -> GroupedOptimizer:
+    """One optimizer that steps every parameter of ``model`` with one LR knob.
+
+    - ``"hyperp"``: MuonH on hidden matrices, AdamH on the head, Adam on embedding and vectors,
+      all at ``lr``; ``weight_decay`` (default 0, a first-order no-op on the sphere) applies to
+      the sphere groups only.
+    - ``"muon"``: the Muon baseline on hidden matrices with independent decay
+      ``weight_decay · depth_ratio`` (``depth_ratio = d0/d``); Adam without decay elsewhere.
+    - ``"adamw"``: AdamW everywhere, muP-style: matrices at ``lr · depth_ratio``; decay on
+      matrices and head.
+
+    Every group starts at its own fraction of ``lr``, so any ``torch.optim.lr_scheduler`` (which
+    scales each group's initial LR) drives them together. ``print(opt.describe())`` shows which
+    tensor got which role, algorithm, shape and radius.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    groups = param_groups(model, head=head, roles=roles)
+    if not groups:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters to optimize")
+    if method == "hyperp" and not any(Role(g["role"]).on_sphere for g in groups):
+        raise ValueError(
+            f"{type(model).__name__} has no matrix to put on a sphere: HyperP trains hidden "
+            "matrices with MuonH and the output head with AdamH, and this model has only "
+            "embeddings and vectors. Use method='adamw', or give a parameter the 'matrix' role "
+            "with roles={'name': 'matrix'}."
+        )
+    common = {
+        "betas": betas,
+        "eps": eps,
+        "momentum": momentum,
+        "ns_steps": ns_steps,
+        "ns_coefficients": ns_coefficients,
+        "ns_dtype": ns_dtype,
+        "sphere": sphere,
+    }
+    for group in groups:
+        role = Role(group["role"])
+        algorithm = _ALGORITHM[method][role]
+        group["algorithm"] = algorithm
+        group["lr"] = lr
+        group["weight_decay"] = 0.0
+        if method == "hyperp" and role.on_sphere:
+            group["weight_decay"] = weight_decay
+        elif method == "muon" and role is Role.MATRIX:
+            group["weight_decay"] = weight_decay * depth_ratio
+            group["scale"], group["decay"] = "spectral", "independent"
+        elif method == "adamw" and role in (Role.MATRIX, Role.HEAD):
+            group["weight_decay"] = weight_decay
+            if role is Role.MATRIX:
+                group["lr"] = lr * depth_ratio
+    return GroupedOptimizer(groups, **common)

@@ -1,0 +1,106 @@
+"""Newton-Schulz orthogonalization (METHOD.md section 2.2).
+
+Maps a matrix ``V = U S Vᵀ`` to approximately ``U Vᵀ`` with five quintic iterations
+``X <- a X + (b A + c A A) X``, ``A = X Xᵀ``, run on the wide orientation. Leading dimensions are
+a batch: an expert bank or a stack of same-shaped layers is orthogonalized as one batched
+computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "HYPERP_COEFFICIENTS",
+    "KELLER_JORDAN_COEFFICIENTS",
+    "default_ns_dtype",
+    "newton_schulz",
+    "resolve_coefficients",
+]
+
+# Per-step coefficients: they map singular values in [1e-2, 1] into about [0.98, 1.03].
+HYPERP_COEFFICIENTS: tuple[tuple[float, float, float], ...] = (
+    (4.0848, -6.8946, 2.9270),
+    (3.9505, -6.3029, 2.6377),
+    (3.7418, -5.5913, 2.3037),
+    (2.8769, -3.1427, 1.2046),
+    (2.8366, -3.0525, 1.2012),
+)
+# The fixed coefficients of the original Muon (and torch.optim.Muon).
+KELLER_JORDAN_COEFFICIENTS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
+
+NORMALIZATION_EPS = 1e-7
+
+Coefficients = str | tuple[float, float, float] | Sequence[tuple[float, float, float]]
+
+
+def default_ns_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (tensor cores), fp32 elsewhere (METHOD.md 2.2 decision)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def resolve_coefficients(
+    coefficients: Coefficients, steps: int
+) -> list[tuple[float, float, float]]:
+    """One ``(a, b, c)`` per step.
+
+    ``"hyperp"`` uses the per-step table (steps beyond five repeat the last row, which is a
+    contraction around 1); ``"keller_jordan"`` (alias ``"muon"``) the fixed triple; a triple is
+    used for every step; a sequence of triples must have one row per step.
+    """
+    if steps < 1:
+        raise ValueError(f"Newton-Schulz needs at least one step, got steps={steps}")
+    if isinstance(coefficients, str):
+        if coefficients == "hyperp":
+            table = list(HYPERP_COEFFICIENTS)
+            return table[:steps] + [table[-1]] * max(0, steps - len(table))
+        if coefficients in ("keller_jordan", "muon"):
+            return [KELLER_JORDAN_COEFFICIENTS] * steps
+        raise ValueError(
+            f"unknown Newton-Schulz coefficients {coefficients!r}; use 'hyperp', 'keller_jordan' "
+            "or an explicit (a, b, c) triple"
+        )
+    rows = list(coefficients)
+    if len(rows) == 3 and all(isinstance(v, int | float) for v in rows):
+        return [tuple(float(v) for v in rows)] * steps  # type: ignore[list-item]
+    if len(rows) != steps or any(len(r) != 3 for r in rows):
+        raise ValueError(f"need {steps} (a, b, c) rows of Newton-Schulz coefficients, got {rows}")
+    return [tuple(float(v) for v in r) for r in rows]  # type: ignore[misc]
+
+
+def newton_schulz(
+    G: torch.Tensor,
+    steps: int = 5,
+    *,
+    coefficients: Coefficients = "hyperp",
+    dtype: torch.dtype | None = None,
+    eps: float = NORMALIZATION_EPS,
+) -> torch.Tensor:
+    """Orthogonalize a matrix, or a batch of matrices (all leading dimensions are batch).
+
+    The input is normalized by its Frobenius norm (per matrix) plus ``eps``, so that every
+    singular value starts at most 1; tall matrices are transposed so that the Gram matrix is the
+    smaller one. ``dtype`` is the working precision (default: bf16 on CUDA, fp32 otherwise).
+    Returns a tensor of ``G``'s shape and dtype.
+    """
+    if G.ndim < 2:
+        raise ValueError(
+            f"newton_schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}"
+        )
+    rows = resolve_coefficients(coefficients, steps)
+    work_dtype = dtype or default_ns_dtype(G.device)
+    X = G.reshape(-1, G.shape[-2], G.shape[-1]).to(work_dtype)
+    tall = X.shape[-2] > X.shape[-1]
+    if tall:
+        X = X.mT
+    norms = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
+    X = X / (norms + eps)
+    for a, b, c in rows:
+        A = X @ X.mT
+        polynomial = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b·A + c·A·A
+        X = torch.baddbmm(X, polynomial, X, beta=a)  # a·X + (b·A + c·A·A)·X
+    if tall:
+        X = X.mT
+    return X.reshape(G.shape).to(G.dtype)

@@ -1,0 +1,158 @@
+import pytest
+import torch
+from torch import nn
+
+from hyperp.optim import Role, assign_roles, build_optimizer, param_groups, set_role
+
+
+class Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.ln = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, 2, batch_first=True)
+        self.fc = nn.Linear(width, 4 * width)
+        self.proj = nn.Linear(4 * width, width)
+
+
+class HFStyleLM(nn.Module):
+    """Hugging Face layout: transformer.wte, transformer.h.N, lm_head, get_output_embeddings()."""
+
+    def __init__(self, vocab=64, width=16, depth=2, tied=False):
+        super().__init__()
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(vocab, width),
+                "wpe": nn.Embedding(32, width),
+                "h": nn.ModuleList(Block(width) for _ in range(depth)),
+                "ln_f": nn.LayerNorm(width),
+            }
+        )
+        self.lm_head = nn.Linear(width, vocab, bias=False)
+        if tied:
+            self.lm_head.weight = self.transformer["wte"].weight
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+
+def roles_by_name(model, **kw):
+    return {info.name: info.role for info in assign_roles(model, **kw)}
+
+
+def test_untied_hf_model_roles():
+    roles = roles_by_name(HFStyleLM())
+    assert roles["lm_head.weight"] is Role.HEAD
+    assert roles["transformer.wte.weight"] is Role.EMBEDDING
+    assert roles["transformer.wpe.weight"] is Role.EMBEDDING
+    assert roles["transformer.h.0.attn.in_proj_weight"] is Role.MATRIX
+    assert roles["transformer.h.0.attn.out_proj.weight"] is Role.MATRIX
+    assert roles["transformer.h.1.fc.weight"] is Role.MATRIX
+    assert roles["transformer.h.1.fc.bias"] is Role.VECTOR
+    assert roles["transformer.h.0.attn.in_proj_bias"] is Role.VECTOR
+    assert roles["transformer.ln_f.weight"] is Role.VECTOR
+    assert sum(r is Role.HEAD for r in roles.values()) == 1
+
+
+def test_tied_head_is_an_embedding_with_a_warning():
+    model = HFStyleLM(tied=True)
+    with pytest.warns(UserWarning, match="tied"):
+        roles = roles_by_name(model)
+    assert "lm_head.weight" not in roles  # one tensor, listed once under its first name
+    assert roles["transformer.wte.weight"] is Role.EMBEDDING
+    assert Role.HEAD not in roles.values()
+    # the user can still put it on a sphere explicitly
+    roles = roles_by_name(model, roles={"transformer.wte.weight": "head"})
+    assert roles["transformer.wte.weight"] is Role.HEAD
+
+
+def test_named_head_and_glob_overrides():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 10, bias=False))
+    roles = roles_by_name(model, head="2")
+    assert roles["2.weight"] is Role.HEAD and roles["1.weight"] is Role.MATRIX
+    roles = roles_by_name(model, head="2", roles={"1.*": "vector"})
+    assert roles["1.weight"] is Role.VECTOR and roles["1.bias"] is Role.VECTOR
+    with pytest.raises(ValueError, match="match no trainable parameter"):
+        roles_by_name(model, roles={"3.weight": "matrix"})
+    with pytest.raises(ValueError, match="names no submodule"):
+        roles_by_name(model, head="lm_head")
+    with pytest.raises(ValueError, match="unknown parameter role"):
+        roles_by_name(model, roles={"1.weight": "sphere"})
+    with pytest.raises(ValueError, match="needs a matrix"):
+        roles_by_name(model, roles={"1.bias": "matrix"})
+
+
+def test_roles_set_by_a_model_and_expert_banks_and_convs():
+    class MoE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.router = nn.Linear(8, 4, bias=False)
+            self.experts = nn.Parameter(torch.randn(4, 16, 8))
+            self.conv = nn.Conv1d(8, 8, 3)
+            self.scale = nn.Parameter(torch.ones(8, 8))
+            set_role(self.experts, "matrix")
+            set_role(self.scale, "vector")  # a 2-D parameter the model says is not a matrix
+
+    infos = {i.name: i for i in assign_roles(MoE())}
+    assert infos["experts"].role is Role.MATRIX and infos["experts"].layout == "batch"
+    assert infos["conv.weight"].role is Role.MATRIX and infos["conv.weight"].layout == "flatten"
+    assert infos["scale"].role is Role.VECTOR
+    assert infos["router.weight"].reason == "2-D"
+    groups = param_groups(MoE())
+    layouts = {(g["role"], g["layout"]) for g in groups}
+    assert ("matrix", "flatten") in layouts and ("matrix", "batch") in layouts
+
+
+def test_conv_kernel_is_one_flattened_sphere():
+    conv = nn.Conv2d(3, 6, 3)
+    model = nn.Sequential(conv)
+    opt = build_optimizer(model, "hyperp", lr=0.05)
+    r0 = conv.weight.detach().norm()
+    assert opt.radius(conv.weight).numel() == 1
+    for _ in range(3):
+        conv(torch.randn(2, 3, 8, 8)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    torch.testing.assert_close(conv.weight.detach().norm(), r0, rtol=1e-5, atol=0)
+
+
+def test_nothing_to_put_on_a_sphere():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4))
+    with pytest.raises(ValueError, match="no matrix to put on a sphere"):
+        build_optimizer(model, "hyperp")
+    build_optimizer(model, "adamw")  # fine without a sphere
+
+
+def test_build_optimizer_algorithms_and_table():
+    model = HFStyleLM()
+    expected = {
+        "hyperp": {"matrix": "muonh", "head": "adamh", "embedding": "adam", "vector": "adam"},
+        "muon": {"matrix": "muon", "head": "adam", "embedding": "adam", "vector": "adam"},
+        "adamw": {"matrix": "adam", "head": "adam", "embedding": "adam", "vector": "adam"},
+    }
+    for method, table in expected.items():
+        opt = build_optimizer(model, method, lr=0.01, depth_ratio=0.5, weight_decay=0.1)
+        seen = {g["role"]: g["algorithm"] for g in opt.param_groups}
+        assert seen == table
+        lrs = {g["role"]: g["lr"] for g in opt.param_groups}
+        if method == "adamw":
+            assert lrs["matrix"] == pytest.approx(0.005) and lrs["head"] == pytest.approx(0.01)
+        else:
+            assert set(lrs.values()) == {0.01}
+    opt = build_optimizer(model, "hyperp", lr=0.01)
+    table = opt.describe()
+    assert "lm_head.weight" in table and "adamh" in table
+    head_line = next(line for line in table.splitlines() if line.startswith("lm_head.weight"))
+    assert f"{model.lm_head.weight.norm().item():.4g}" in head_line
+    n_params = len({id(p) for p in model.parameters()})
+    assert len(table.splitlines()) == n_params + 2
+    with pytest.raises(ValueError, match="unknown method"):
+        build_optimizer(model, "sgd")
+
+
+def test_one_scheduler_drives_every_group():
+    model = HFStyleLM()
+    opt = build_optimizer(model, "adamw", lr=0.01, depth_ratio=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.1)
+    ratios = {g["role"]: g["lr"] / g["initial_lr"] for g in opt.param_groups}
+    assert all(r == pytest.approx(0.1) for r in ratios.values())
+    del sched
