@@ -26,14 +26,30 @@ def register(sub) -> None:
             "ddp or fsdp)."
         ),
     )
-    parser.add_argument("--config", "-c", default="tiny",
-                        help="TOML file or preset name (default: tiny)")
-    parser.add_argument("--out", "-o", help="run directory (default: runs/<config>-<hash of settings>)")
-    parser.add_argument("--resume", choices=("auto", "must", "never"), default="auto",
-                        help="auto: continue from the last checkpoint if any (default); must: "
-                             "require one; never: refuse a directory that holds a run")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the resolved config and plan (LR, tokens, steps, FLOPs); train nothing")
+    parser.add_argument(
+        "--config", "-c", default="tiny", help="TOML file or preset name (default: tiny)"
+    )
+    parser.add_argument(
+        "--out", "-o", help="run directory (default: runs/<config>-<hash of settings>)"
+    )
+    parser.add_argument(
+        "--resume",
+        choices=("auto", "must", "never"),
+        default="auto",
+        help="auto: continue from the last checkpoint if any (default); must: "
+        "require one; never: refuse a directory that holds a run",
+    )
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="STEP",
+        help="checkpoint and exit after this step; rerun to continue",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config and plan (LR, tokens, steps, FLOPs); train nothing",
+    )
     parser.add_argument("--json", action="store_true", help="with --dry-run: print JSON")
     parser.set_defaults(func=run, accepts_overrides=True)
 
@@ -62,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else default_out_dir(args.config, config.to_dict())
     try:
-        result = train(config, out, resume=args.resume)
+        result = train(config, out, resume=args.resume, stop_after=args.stop_after)
     except TrainingDiverged as error:
         raise UserError(str(error)) from None
     return result.exit_code

@@ -50,14 +50,20 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(directory: Path, step: int, payload: dict[str, Any], keep: int) -> Path:
-    path = atomic_write(checkpoint_path(directory, step), lambda handle: torch.save(
-        {"version": CHECKPOINT_VERSION, **payload}, handle))
+    path = atomic_write(
+        checkpoint_path(directory, step),
+        lambda handle: torch.save({"version": CHECKPOINT_VERSION, **payload}, handle),
+    )
     prune_checkpoints(directory, keep)
     return path
 
 
 def prune_checkpoints(directory: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints; also remove temporary files of saves that a kill
+    interrupted (they never carry a checkpoint's name, so they were never read)."""
     for _, path in list_checkpoints(directory)[:-keep]:
+        path.unlink(missing_ok=True)
+    for path in directory.glob(".step_*.tmp"):
         path.unlink(missing_ok=True)
 
 
@@ -67,7 +73,7 @@ def load_latest_checkpoint(directory: Path) -> tuple[dict[str, Any], Path] | Non
     for _, path in reversed(list_checkpoints(directory)):
         try:
             payload = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:  # noqa: BLE001 - any unreadable file falls back to the previous
+        except Exception as error:
             warnings.warn(f"skipping unreadable checkpoint {path}: {error}", stacklevel=2)
             continue
         if payload.get("version") != CHECKPOINT_VERSION:
@@ -109,7 +115,9 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 )
             if isinstance(target, DTensor):
                 shard = distribute_tensor(
-                    source.to(target.device, target.dtype), target.device_mesh, target.placements,
+                    source.to(target.device, target.dtype),
+                    target.device_mesh,
+                    target.placements,
                     src_data_rank=None,
                 )
                 target.to_local().copy_(shard.to_local())

@@ -125,7 +125,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.tokens >= 0 and self.steps >= 0, "train.tokens and train.steps must be >= 0")
-        for name in ("batch_size", "seq_len", "grad_accum", "nproc", "log_every", "keep_checkpoints"):
+        for name in (
+            "batch_size",
+            "seq_len",
+            "grad_accum",
+            "nproc",
+            "log_every",
+            "keep_checkpoints",
+        ):
             _require(getattr(self, name) >= 1, f"train.{name} must be at least 1")
         for name in ("monitor_every", "eval_every", "eval_batches", "checkpoint_every", "threads"):
             _require(getattr(self, name) >= 0, f"train.{name} must be >= 0 (0 disables)")
@@ -245,7 +252,7 @@ class RunConfig:
             f"model: depth {model.depth}, width {model.width}, {scale.params / 1e6:.2f}M "
             f"dense-equivalent parameters (N of METHOD 4)",
             f"budget: {tokens:,} tokens = {steps} steps x {batch_tokens:,} tokens "
-            f"({tokens / scale.params:.1f} tokens/parameter)",
+            f"({tokens / scale.params:.3g} tokens/parameter)",
             how,
             f"schedule: {'warmup ' + str(optim.warmup_steps) + ' steps, ' if optim.warmup_steps else ''}"
             f"linear decay to {optim.final_lr_fraction:g} x peak",
@@ -299,7 +306,9 @@ def _field_types(section_class: type) -> dict[str, Any]:
 
 def _parse_value(text: str, annotation: Any, key: str) -> Any:
     """Turn an override string into the field's type (int, float, bool, str, or X | None)."""
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    options = (
+        typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    )
     if type(None) in options and text.lower() in ("none", "null", ""):
         return None
     base = next(t for t in options if t is not type(None))

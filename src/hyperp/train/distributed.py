@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -18,7 +18,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def enabled(self) -> bool:
@@ -50,11 +50,15 @@ class Distributed:
 
 def _resolve_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        )
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("train.device is cuda but no CUDA device is available; use train.device=cpu")
+            raise ValueError(
+                "train.device is cuda but no CUDA device is available; use train.device=cpu"
+            )
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
     return device

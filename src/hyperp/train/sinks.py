@@ -76,8 +76,14 @@ class WandbSink:
             import wandb
         except ImportError:
             raise ValueError("train.wandb needs W&B: pip install 'hyperp[wandb]'") from None
-        self.run = wandb.init(project=project, name=name, config=config, dir=str(directory),
-                              resume="allow", id=name.replace("/", "-"))
+        self.run = wandb.init(
+            project=project,
+            name=name,
+            config=config,
+            dir=str(directory),
+            resume="allow",
+            id=name.replace("/", "-"),
+        )
 
     def write(self, record: dict[str, Any]) -> None:
         self.run.log({k: v for k, v in record.items() if k != "step"}, step=int(record["step"]))
@@ -99,8 +105,16 @@ class Sinks:
             sink.close()
 
 
-def open_sinks(out_dir: Path, *, resume_step: int | None, tensorboard: bool, wandb: bool,
-               wandb_project: str, name: str, config: dict[str, Any]) -> Sinks:
+def open_sinks(
+    out_dir: Path,
+    *,
+    resume_step: int | None,
+    tensorboard: bool,
+    wandb: bool,
+    wandb_project: str,
+    name: str,
+    config: dict[str, Any],
+) -> Sinks:
     sinks: list = [JsonlSink(out_dir / "metrics.jsonl", resume_step=resume_step)]
     if tensorboard:
         sinks.append(TensorBoardSink(out_dir / "tensorboard"))

@@ -43,7 +43,7 @@ from hyperp.train.checkpoint import (
     save_checkpoint,
 )
 from hyperp.train.config import RunConfig, RunPlan
-from hyperp.train.distributed import Distributed, setup_distributed, unwrap
+from hyperp.train.distributed import Distributed, setup_distributed
 from hyperp.train.sinks import open_sinks
 
 __all__ = ["RunResult", "TrainingDiverged", "train"]
@@ -51,9 +51,23 @@ __all__ = ["RunResult", "TrainingDiverged", "train"]
 # Config keys that do not change the trajectory: a run may be resumed with them changed.
 _RESUMABLE_CHANGES = {
     ("train", key)
-    for key in ("progress", "log_every", "monitor_every", "eval_every", "eval_batches",
-                "checkpoint_every", "keep_checkpoints", "tensorboard", "wandb", "wandb_project",
-                "threads", "nproc", "peak_flops", "compile", "device")
+    for key in (
+        "progress",
+        "log_every",
+        "monitor_every",
+        "eval_every",
+        "eval_batches",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "tensorboard",
+        "wandb",
+        "wandb_project",
+        "threads",
+        "nproc",
+        "peak_flops",
+        "compile",
+        "device",
+    )
 }
 # Dense bf16 peak FLOP/s for MFU, by CUDA device name.
 _PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12}
@@ -117,7 +131,11 @@ def _peak_flops(config: RunConfig, device: torch.device) -> float:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -142,7 +160,15 @@ def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, out_dir: Path, dist: Distributed, resume: str) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        out_dir: Path,
+        dist: Distributed,
+        resume: str,
+        stop_after: int | None = None,
+    ) -> None:
+        self.stop_after = stop_after
         self.config = config
         self.out_dir = out_dir
         self.dist = dist
@@ -159,11 +185,13 @@ class Trainer:
         else:
             # Rank 0 prepares the built-in corpus once; the others wait, then open the cache.
             if self.dist.is_main:
-                default_corpus(vocab_size=data.vocab_size, max_bytes=data.max_bytes or None,
-                               log=self.log)
+                default_corpus(
+                    vocab_size=data.vocab_size, max_bytes=data.max_bytes or None, log=self.log
+                )
             self.dist.barrier()
-            corpus = open_corpus(default_corpus(vocab_size=data.vocab_size,
-                                                max_bytes=data.max_bytes or None))
+            corpus = open_corpus(
+                default_corpus(vocab_size=data.vocab_size, max_bytes=data.max_bytes or None)
+            )
         return corpus
 
     def _build_model(self) -> nn.Module:
@@ -197,17 +225,18 @@ class Trainer:
         if summary_path.exists() and self.resume != "never":
             self.log(f"{self.out_dir} already holds a finished run (summary.json); nothing to do")
             return RunResult("already finished", self.out_dir, None, 0)
-        checkpoint = self._resume_point()
         if train.threads:
             torch.set_num_threads(train.threads)
-
         corpus = self._open_data()
         if config.model.vocab_size != corpus.vocab_size:
             self.log(f"model.vocab_size set to the corpus vocabulary: {corpus.vocab_size}")
             config.model.vocab_size = corpus.vocab_size
+        checkpoint = self._resume_point()
         if train.seq_len > config.model.context:
-            raise ValueError(f"train.seq_len {train.seq_len} exceeds model.context "
-                             f"{config.model.context}; raise model.context or shorten seq_len")
+            raise ValueError(
+                f"train.seq_len {train.seq_len} exceeds model.context "
+                f"{config.model.context}; raise model.context or shorten seq_len"
+            )
         local_batch, remainder = divmod(train.batch_size, dist.world_size * train.grad_accum)
         if remainder or local_batch == 0:
             raise ValueError(
@@ -217,7 +246,9 @@ class Trainer:
         plan = config.plan()
         if dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.out_dir / "config.json", {**config.to_dict(), "plan": plan.to_dict()})
+            atomic_write_json(
+                self.out_dir / "config.json", {**config.to_dict(), "plan": plan.to_dict()}
+            )
             for line in plan.explanation:
                 self.log(line)
 
@@ -225,19 +256,36 @@ class Trainer:
         roles = {info.name: info.role for info in assign_roles(model)}  # before sharding drops tags
         wrapped = self._wrap(model)
         optimizer = build_optimizer(
-            model, config.optim.method, plan.lr, weight_decay=config.optim.weight_decay,
-            depth_ratio=plan.depth_ratio, momentum=config.optim.momentum,
-            betas=(config.optim.beta1, config.optim.beta2), eps=config.optim.eps,
-            sphere=config.optim.sphere, ns_dtype=_ns_dtype(config.optim.ns_dtype), roles=roles,
+            model,
+            config.optim.method,
+            plan.lr,
+            weight_decay=config.optim.weight_decay,
+            depth_ratio=plan.depth_ratio,
+            momentum=config.optim.momentum,
+            betas=(config.optim.beta1, config.optim.beta2),
+            eps=config.optim.eps,
+            sphere=config.optim.sphere,
+            ns_dtype=_ns_dtype(config.optim.ns_dtype),
+            roles=roles,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            lambda step: lr_schedule(step, plan.steps, warmup_steps=config.optim.warmup_steps,
-                                     final_fraction=config.optim.final_lr_fraction),
+            lambda step: lr_schedule(
+                step,
+                plan.steps,
+                warmup_steps=config.optim.warmup_steps,
+                final_fraction=config.optim.final_lr_fraction,
+            ),
         )
-        loader = TrainLoader(corpus.train, batch_size=train.batch_size, context=train.seq_len,
-                             seed=train.seed, rank=dist.rank, world_size=dist.world_size,
-                             device=dist.device)
+        loader = TrainLoader(
+            corpus.train,
+            batch_size=train.batch_size,
+            context=train.seq_len,
+            seed=train.seed,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            device=dist.device,
+        )
         start_step, counters = 0, {"wall_time_s": 0.0}
         if checkpoint is not None:
             payload, path = checkpoint
@@ -253,14 +301,30 @@ class Trainer:
 
         sinks = None
         if dist.is_main:
-            sinks = open_sinks(self.out_dir, resume_step=start_step if checkpoint else None,
-                               tensorboard=train.tensorboard, wandb=train.wandb,
-                               wandb_project=train.wandb_project, name=self.out_dir.name,
-                               config=config.to_dict())
+            sinks = open_sinks(
+                self.out_dir,
+                resume_step=start_step if checkpoint else None,
+                tensorboard=train.tensorboard,
+                wandb=train.wandb,
+                wandb_project=train.wandb_project,
+                name=self.out_dir.name,
+                config=config.to_dict(),
+            )
         try:
             with _StopFlag() as stop:
-                return self._loop(model, wrapped, optimizer, scheduler, loader, corpus, plan,
-                                  start_step, counters, sinks, stop)
+                return self._loop(
+                    model,
+                    wrapped,
+                    optimizer,
+                    scheduler,
+                    loader,
+                    corpus,
+                    plan,
+                    start_step,
+                    counters,
+                    sinks,
+                    stop,
+                )
         finally:
             if sinks is not None:
                 sinks.close()
@@ -294,10 +358,17 @@ class Trainer:
     def _evaluate(self, wrapped: nn.Module, corpus, autocast) -> float:
         """Mean validation loss per token; identical for any number of processes."""
         train, dist = self.config.train, self.dist
-        batches = list(validation_batches(corpus.val, batch_size=train.batch_size,
-                                          context=train.seq_len, max_batches=train.eval_batches,
-                                          rank=dist.rank, world_size=dist.world_size,
-                                          device=dist.device))
+        batches = list(
+            validation_batches(
+                corpus.val,
+                batch_size=train.batch_size,
+                context=train.seq_len,
+                max_batches=train.eval_batches,
+                rank=dist.rank,
+                world_size=dist.world_size,
+                device=dist.device,
+            )
+        )
         total_batches = int(dist.sum([len(batches)])[0])
         rounds = math.ceil(total_batches / dist.world_size) if dist.enabled else len(batches)
         loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
@@ -313,15 +384,28 @@ class Trainer:
                     logits = wrapped(inputs).logits
                 if real:
                     loss = nn.functional.cross_entropy(
-                        logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+                        logits.float().flatten(0, 1), targets.flatten(), reduction="sum"
+                    )
                     loss_sum += loss.double()
                     count += targets.numel()
         wrapped.train()
         total, tokens = dist.sum([loss_sum.item(), float(count)])
         return total / tokens
 
-    def _loop(self, model, wrapped, optimizer, scheduler, loader, corpus, plan: RunPlan,
-              start_step, counters, sinks, stop) -> RunResult:
+    def _loop(
+        self,
+        model,
+        wrapped,
+        optimizer,
+        scheduler,
+        loader,
+        corpus,
+        plan: RunPlan,
+        start_step,
+        counters,
+        sinks,
+        stop,
+    ) -> RunResult:
         config, train, dist = self.config, self.config.train, self.dist
         dtype = _precision(train.precision, dist.device)
         device_type = dist.device.type
@@ -341,8 +425,14 @@ class Trainer:
         if dist.is_main and train.progress:
             from tqdm import tqdm
 
-            progress = tqdm(total=plan.steps, initial=start_step, unit="step", dynamic_ncols=True,
-                            disable=None, file=sys.stderr)
+            progress = tqdm(
+                total=plan.steps,
+                initial=start_step,
+                unit="step",
+                dynamic_ncols=True,
+                disable=None,
+                file=sys.stderr,
+            )
         step = start_step
         while step < plan.steps:
             step += 1
@@ -389,12 +479,21 @@ class Trainer:
                 now = time.perf_counter()
                 tokens_per_s = interval_tokens / max(now - interval_start, 1e-9)
                 interval_start, interval_tokens = now, 0
-                record = {"step": step, "tokens": step * plan.batch_tokens, "loss": lm_loss + aux_loss,
-                          "lm_loss": lm_loss, "aux_loss": aux_loss, "lr": lr_now,
-                          "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_s,
-                          "elapsed_s": now - run_start}
+                record = {
+                    "step": step,
+                    "tokens": step * plan.batch_tokens,
+                    "loss": lm_loss + aux_loss,
+                    "lm_loss": lm_loss,
+                    "aux_loss": aux_loss,
+                    "lr": lr_now,
+                    "grad_norm": float(grad_norm),
+                    "tokens_per_s": tokens_per_s,
+                    "elapsed_s": now - run_start,
+                }
                 if peak_flops:
-                    record["mfu"] = plan.flops_per_token * tokens_per_s / (peak_flops * dist.world_size)
+                    record["mfu"] = (
+                        plan.flops_per_token * tokens_per_s / (peak_flops * dist.world_size)
+                    )
                 if watch and stats is not None:
                     record.update(stats.summary())
             evaluate = (train.eval_every and step % train.eval_every == 0) or step == plan.steps
@@ -413,36 +512,53 @@ class Trainer:
                     if last_val is not None:
                         shown["val"] = f"{last_val:.3f}"
                     progress.set_postfix(shown, refresh=False)
-            interrupted = dist.any(stop.signal is not None)
-            counters = {"wall_time_s": time.perf_counter() - run_start, "val_loss": last_val,
-                        "train_loss": sum(recent) / len(recent)}
+            interrupted = dist.any(stop.signal is not None) or step == self.stop_after
+            counters = {
+                "wall_time_s": time.perf_counter() - run_start,
+                "val_loss": last_val,
+                "train_loss": sum(recent) / len(recent),
+            }
             due = train.checkpoint_every and step % train.checkpoint_every == 0
             if due or interrupted or step == plan.steps:
                 self._save(step, model, optimizer, scheduler, loader, counters)
             if interrupted and step < plan.steps:
                 if progress is not None:
                     progress.close()
-                self.log(f"\nstopped by signal at step {step}/{plan.steps}; checkpoint saved in "
-                         f"{self.checkpoint_dir}. Continue with the same command (--resume auto).")
-                return RunResult("interrupted", self.out_dir, None, 130)
+                self.log(
+                    f"\nstopped at step {step}/{plan.steps}; checkpoint saved in "
+                    f"{self.checkpoint_dir}. Continue with the same command (--resume auto)."
+                )
+                return RunResult("interrupted", self.out_dir, None, 130 if stop.signal else 0)
         if progress is not None:
             progress.close()
         summary = self._summary(plan, counters, model)
         if dist.is_main:
             atomic_write_json(self.out_dir / "summary.json", summary)
-            self.log(f"finished: train loss {summary['train_loss']:.4f}, val loss "
-                     f"{summary['val_loss']:.4f}, {summary['tokens_per_s']:.0f} tokens/s; "
-                     f"{self.out_dir / 'summary.json'}")
+            self.log(
+                f"finished: train loss {summary['train_loss']:.4f}, val loss "
+                f"{summary['val_loss']:.4f}, {summary['tokens_per_s']:.0f} tokens/s; "
+                f"{self.out_dir / 'summary.json'}"
+            )
         return RunResult("finished", self.out_dir, summary, 0)
 
     def _save(self, step, model, optimizer, scheduler, loader, counters) -> None:
         state = full_model_state(model)  # a collective under FSDP: every rank takes part
         if self.dist.is_main:
-            save_checkpoint(self.checkpoint_dir, step, {
-                "step": step, "model": state, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "loader": loader.state_dict(),
-                "rng": _rng_state(), "counters": counters, "config": self.config.to_dict(),
-            }, keep=self.config.train.keep_checkpoints)
+            save_checkpoint(
+                self.checkpoint_dir,
+                step,
+                {
+                    "step": step,
+                    "model": state,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "loader": loader.state_dict(),
+                    "rng": _rng_state(),
+                    "counters": counters,
+                    "config": self.config.to_dict(),
+                },
+                keep=self.config.train.keep_checkpoints,
+            )
         self.dist.barrier()
 
     def _summary(self, plan: RunPlan, counters, model) -> dict[str, Any]:
@@ -474,18 +590,26 @@ class Trainer:
         }
 
 
-def train(config: RunConfig, out_dir: str | os.PathLike, *, resume: str = "auto") -> RunResult:
+def train(
+    config: RunConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: str = "auto",
+    stop_after: int | None = None,
+) -> RunResult:
     """Train one run into ``out_dir`` (see the module docstring); returns how it ended.
 
     ``resume``: ``"auto"`` continues from the newest checkpoint when there is one, ``"must"``
-    requires one, ``"never"`` refuses a directory that already holds a run.
+    requires one, ``"never"`` refuses a directory that already holds a run. ``stop_after``
+    checkpoints and returns after that many steps (of the whole run), as Ctrl-C would; calling
+    again continues, so a long run can be cut into time-limited jobs.
     """
     if resume not in ("auto", "must", "never"):
         raise ValueError(f"resume must be auto, must or never; got {resume!r}")
     dist = setup_distributed(config.train.device)
     out = Path(out_dir)
     try:
-        return Trainer(config, out, dist, resume).run()
+        return Trainer(config, out, dist, resume, stop_after).run()
     except Exception as error:
         # A failed run leaves its reason beside its files (sweeps report it); no summary.json.
         if dist.is_main:
