@@ -72,6 +72,33 @@ FAKE_TRAINER = textwrap.dedent(
     """
 )
 
+# A valid trainer config small enough for CPU tests (also read by the fake trainer's runs).
+TINY_BASE = textwrap.dedent(
+    """
+    [model]
+    depth = 2
+    width = 32
+    head_dim = 16
+    n_kv_heads = 2
+    context = 32
+    head_init_rule = "inverse_width"
+    base_width = 64
+
+    [data]
+    vocab_size = 512
+
+    [train]
+    batch_size = 8
+    seq_len = 32
+    log_every = 4
+    eval_every = 8
+    eval_batches = 2
+    checkpoint_every = 8
+    monitor_every = 0
+    progress = false
+    """
+)
+
 SWEEP_FILE = textwrap.dedent(
     """
     base = "base.toml"
@@ -101,7 +128,7 @@ SWEEP_MAIN = (
 
 @pytest.fixture
 def project(tmp_path):
-    (tmp_path / "base.toml").write_text("[model]\ndepth = 2\n\n[train]\nsteps = 10\n")
+    (tmp_path / "base.toml").write_text(TINY_BASE)
     (tmp_path / "sweep.toml").write_text(SWEEP_FILE)
     trainer = tmp_path / "fake_trainer.py"
     trainer.write_text(FAKE_TRAINER)
@@ -344,18 +371,30 @@ def test_dry_run_and_status_list_every_run(project, capsys):
         run_verb(sweep_cli, "sweep", ["status"])
 
 
-def test_dry_run_reports_lr_tokens_flops_when_the_config_module_exists(project, capsys):
+def test_dry_run_reports_lr_tokens_flops_of_each_run(project, capsys):
     pytest.importorskip("hyperp.train.config")
     project_dir, _, _, _ = project
-    assert (
-        run_verb(sweep_cli, "sweep", [str(project_dir / "sweep.toml"), "--dry-run", "--json"]) == 0
-    )
+    sweep_file = str(project_dir / "sweep.toml")
+    assert run_verb(sweep_cli, "sweep", [sweep_file, "--dry-run", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["runs"]
+    assert len(rows) == 6
     for row in rows:
         plan = row["plan"]
-        if isinstance(plan, dict):
-            assert {"lr", "tokens", "flops"} <= set(plan)
-            assert math.isfinite(plan["flops"])
+        assert isinstance(plan, dict), plan
+        assert plan["lr"] == pytest.approx(row["overrides"]["optim.lr"])  # optim.lr given directly
+        assert plan["steps"] == 30 and plan["tokens"] == 30 * 8 * 32
+        assert math.isfinite(plan["flops"]) and plan["flops"] > 0
+    flops = {row["overrides"]["model.width"]: row["plan"]["flops"] for row in rows}
+    assert flops[64] > flops[32]
+    assert run_verb(sweep_cli, "sweep", [sweep_file, "--dry-run"]) == 0
+    assert "lr=0.01, tokens=7680, steps=30, flops=" in capsys.readouterr().out
+
+    # A run whose settings the trainer would refuse makes the dry run fail, naming the problem.
+    (project_dir / "sweep.toml").write_text(SWEEP_FILE.replace("[32, 64]", "[32, 40]"))
+    assert run_verb(sweep_cli, "sweep", [sweep_file, "--dry-run"]) == 1
+    text = capsys.readouterr().out
+    assert "lr=0.01_width=40  [run, pending]  config error:" in text
+    assert "3 run(s) have config errors" in text
 
 
 def test_a_trainer_that_cannot_start_is_a_recorded_failure(project):

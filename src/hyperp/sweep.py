@@ -2,7 +2,8 @@
 
 A sweep file (TOML)::
 
-    base = "base.toml"            # the base training config, relative to this file
+    base = "base.toml"            # the base training config (relative to this file) or a
+                                  # preset name from hyperp/configs (tiny, d8_dense, d8_moe)
     out = "runs/lr-width"         # sweep directory (default: runs/<file stem> beside this file)
     workers = 2                   # runs in parallel (CLI --workers overrides)
     threads_per_worker = 1        # OMP/MKL threads per run (default: CPUs / workers)
@@ -158,9 +159,7 @@ def load_sweep(
     if "base" not in data:
         raise ValueError(f'{sweep_path}: name the base training config with base = "FILE.toml"')
     here = sweep_path.parent
-    base = (here / data["base"]).resolve()
-    if not base.is_file():
-        raise FileNotFoundError(f"{sweep_path}: base config {base} does not exist")
+    base = _resolve_base(here, str(data["base"]), sweep_path)
     if out is not None:
         out_dir = Path(out)
     elif "out" in data:
@@ -188,6 +187,20 @@ def load_sweep(
         axes=axes,
         workers=workers,
         threads_per_worker=threads,
+    )
+
+
+def _resolve_base(here: Path, name: str, sweep_path: Path) -> Path:
+    """A TOML path relative to the sweep file, or a preset name shipped in hyperp/configs."""
+    candidate = (here / name).resolve()
+    if candidate.is_file():
+        return candidate
+    preset = Path(__file__).resolve().parent / "configs" / f"{name}.toml"
+    if Path(name).suffix == "" and preset.is_file():
+        return preset
+    raise FileNotFoundError(
+        f"{sweep_path}: base config {candidate} does not exist (give a TOML path relative to "
+        "the sweep file, or a preset name such as tiny)"
     )
 
 
@@ -366,9 +379,11 @@ def plan_run(run: RunSpec, base: Path) -> dict[str, Any] | str:
     except ImportError:
         return "hyperp.train.config is not available in this installation"
     try:
-        return dict(load_config(base, dict(run.overrides)).plan())
+        plan = load_config(base, dict(run.overrides)).plan()
     except (ValueError, FileNotFoundError, KeyError, TypeError) as error:
         return f"config error: {error}"
+    values = plan.to_dict() if hasattr(plan, "to_dict") else dict(plan)
+    return {key: values.get(key) for key in ("lr", "tokens", "steps", "flops", "params")}
 
 
 # --------------------------------------------------------------------------------------------

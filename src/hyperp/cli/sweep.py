@@ -136,14 +136,19 @@ def _dry_run(spec, *, as_json: bool) -> int:
                 "plan": plan_run(run_spec, spec.base),
             }
         )
+    # A dry run is how a sweep is checked before spending compute: config errors fail it.
+    broken = [row["name"] for row in rows if str(row["plan"]).startswith("config error")]
     if as_json:
         print(json.dumps({"out": str(spec.out), "runs": rows}, indent=2))
-        return 0
+        return 1 if broken else 0
     print(f"{len(rows)} run(s) into {spec.out} (base {spec.base}):")
     for row in rows:
         action = "skip, finished" if row["state"] == "finished" else f"run, {row['state']}"
         procs = f", {row['nproc']} processes (torchrun)" if row["nproc"] > 1 else ""
         print(f"  {row['name']}  [{action}{procs}]  {describe_plan(row['plan'])}")
+    if broken:
+        print(f"{len(broken)} run(s) have config errors; fix the sweep or base config")
+        return 1
     return 0
 
 
