@@ -13,6 +13,7 @@ Run every combination of a sweep file's axes as a `hyperp train` run directory O
 
   hyperp sweep SWEEP.toml            run (or resume) the sweep
   hyperp sweep SWEEP.toml --dry-run  list the runs, each with its LR, tokens and FLOPs
+                                     (exit status 1 when a run's config is invalid)
   hyperp sweep status SWEEP.toml     show progress (finished, failed, running, pending);
                                      the sweep directory works in place of the file
 
@@ -22,7 +23,8 @@ SIGTERM) stops the running trainings; running the same command again resumes. Ru
 several processes (train.nproc > 1) are launched with torchrun.
 
 Sweep file:
-  base = "base.toml"                     # training config, relative to the sweep file
+  base = "base.toml"                     # training config relative to the sweep file,
+                                         # or a preset name (tiny, d8_dense, d8_moe)
   out = "runs/lr-width"                  # default: runs/<sweep file stem>
   workers = 2
   [set]
