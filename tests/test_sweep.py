@@ -206,6 +206,14 @@ def test_log_range_axis_and_name_collisions(tmp_path):
     ]
     assert runs[1].name == "base_lr=0.00316228_model.width=64_data.width=1"
     assert run_name({"method": "muon", "x.flag": True}) == "method=muon_flag=true"
+    # Names round to 6 digits, the trainer gets the exact value, and near-equal values that
+    # share a name are told apart by a hash.
+    (tmp_path / "s.toml").write_text(
+        'base = "base.toml"\n[axes]\n"optim.lr" = [0.0123456789, 0.01234568]\n'
+    )
+    close = expand(load_sweep(tmp_path / "s.toml"))
+    assert close[0].name == "lr=0.0123457" and close[1].name.startswith("lr=0.0123457_")
+    assert "0.0123456789" in default_train_command(close[0], tmp_path / "base.toml")
 
 
 def test_sweep_file_mistakes_name_the_fix(tmp_path):

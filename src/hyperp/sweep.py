@@ -222,11 +222,13 @@ def _load_written_sweep(directory: Path, out: str | os.PathLike[str] | None) -> 
         ) from error
 
 
-def _format_value(value: Any) -> str:
+def _format_value(value: Any, *, short: bool = False) -> str:
+    """A value as text: on the command line exactly (``repr`` round-trips a float), in a run
+    name with 6 significant digits (name collisions are resolved in ``expand``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.6g}" if short else repr(value)
     if isinstance(value, list | dict):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
@@ -244,7 +246,7 @@ def run_name(axis_values: dict[str, Any]) -> str:
         return "run"
     short = _short_keys(list(axis_values))
     parts = [
-        f"{short[key]}={_NAME_UNSAFE.sub('-', _format_value(value)).strip('-')}"
+        f"{short[key]}={_NAME_UNSAFE.sub('-', _format_value(value, short=True)).strip('-')}"
         for key, value in axis_values.items()
     ]
     return "_".join(parts)
