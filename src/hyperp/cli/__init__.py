@@ -12,6 +12,7 @@ import sys
 
 # Verb name -> module under hyperp.cli that defines register(subparsers).
 VERBS: dict[str, str] = {
+    "train": "hyperp.cli.train",
     "transfer": "hyperp.cli.transfer",
     "prepare": "hyperp.cli.prepare",
     "check": "hyperp.cli.check",
@@ -36,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     try:
         return int(args.func(args) or 0)
     except UserError as error:

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.optim import Optimizer
 
 from hyperp.optim.newton_schulz import Coefficients, newton_schulz
@@ -80,6 +81,19 @@ def _buckets(views: list[torch.Tensor]):
     for indices in by_shape.values():
         stacked = views[indices[0]] if len(indices) == 1 else torch.cat([views[i] for i in indices])
         yield indices, stacked
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: a sharded DTensor is all-gathered, a plain tensor returned as is."""
+    if isinstance(tensor, DTensor):
+        return tensor.full_tensor()
+    return tensor
+
+
+def _write_shard(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy this rank's shard of the updated whole tensor into a DTensor parameter."""
+    shard = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+    param.to_local().copy_(shard.to_local())
 
 
 def _dtype_from(value: torch.dtype | str | None) -> torch.dtype | None:
@@ -161,7 +175,7 @@ class GroupedOptimizer(Optimizer):
         if "radius" in state:
             return
         with torch.no_grad():
-            slices = _matrix_view(param.detach(), group["layout"]).float()
+            slices = _matrix_view(_full(param.detach()), group["layout"]).float()
             if group["sphere"] == "matrix":
                 radius = torch.linalg.vector_norm(slices, dim=(-2, -1))
                 entries = slices[0].numel()
@@ -204,26 +218,33 @@ class GroupedOptimizer(Optimizer):
             for p in params:
                 if p.grad.is_sparse:
                     raise RuntimeError("hyperp optimizers do not support sparse gradients")
+            # Sharded (DTensor) parameters are gathered whole: the sphere and Newton-Schulz act on
+            # the whole matrix. Every rank computes the same update and keeps its own shard.
+            tensors = [_full(p) for p in params]
+            grads = [_full(p.grad) for p in params]
+            states = [self.state[p] for p in params]
             algorithm = group["algorithm"]
             if algorithm in ("muonh", "muon"):
-                directions = self._orthogonalized_momentum(group, params)
+                directions = self._orthogonalized_momentum(group, tensors, grads, states)
                 if algorithm == "muonh":
-                    self._sphere_step(group, params, directions)
+                    self._sphere_step(group, tensors, directions, states)
                 else:
-                    self._muon_step(group, params, directions)
+                    self._muon_step(group, tensors, directions)
             elif algorithm == "adamh":
-                self._sphere_step(group, params, self._adam_directions(group, params))
+                directions = self._adam_directions(group, tensors, grads, states)
+                self._sphere_step(group, tensors, directions, states)
             else:
-                self._adam_step(group, params)
+                self._adam_step(group, tensors, grads, states)
+            for p, full in zip(params, tensors):
+                if full is not p:
+                    _write_shard(p, full)
         return loss
 
-    def _orthogonalized_momentum(self, group, params) -> list[torch.Tensor]:
+    def _orthogonalized_momentum(self, group, params, grads, states) -> list[torch.Tensor]:
         """Nesterov momentum (accumulating form), then batched Newton-Schulz per shape bucket."""
         momentum = group["momentum"]
-        grads = [p.grad for p in params]
         buffers = []
-        for p in params:
-            state = self.state[p]
+        for p, state in zip(params, states):
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             buffers.append(state["momentum_buffer"])
@@ -242,25 +263,18 @@ class GroupedOptimizer(Optimizer):
                 coefficients=group["ns_coefficients"],
                 dtype=group["ns_dtype"],
             )
-            offset = 0
-            for i in indices:
-                count = _matrix_view(params[i], group["layout"]).shape[0]
-                directions[i] = ortho[offset : offset + count]
-                offset += count
+            for i, chunk in zip(indices, ortho.split([views[i].shape[0] for i in indices])):
+                directions[i] = chunk
         return directions  # type: ignore[return-value]
 
-    def _adam_moments(
-        self, group, params
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
+    def _adam_moments(self, group, grads, states) -> tuple[list, list, list[int]]:
         beta1, beta2 = group["betas"]
-        grads = [p.grad for p in params]
         exp_avgs, exp_avg_sqs, steps = [], [], []
-        for p in params:
-            state = self.state[p]
+        for grad, state in zip(grads, states):
             if "exp_avg" not in state:
                 state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
             state["step"] += 1
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"])
@@ -278,19 +292,19 @@ class GroupedOptimizer(Optimizer):
         torch._foreach_add_(denominators, group["eps"])
         return denominators
 
-    def _adam_directions(self, group, params) -> list[torch.Tensor]:
+    def _adam_directions(self, group, params, grads, states) -> list[torch.Tensor]:
         """AdamH's direction ``m_hat / (sqrt(v_hat) + eps)``, as ``(count, rows, cols)``."""
         beta1 = group["betas"][0]
-        exp_avgs, exp_avg_sqs, steps = self._adam_moments(group, params)
+        exp_avgs, exp_avg_sqs, steps = self._adam_moments(group, grads, states)
         denominators = self._adam_denominators(group, exp_avg_sqs, steps)
         directions = torch._foreach_div(exp_avgs, denominators)
         torch._foreach_div_(directions, [1 - beta1**t for t in steps])
         return [_matrix_view(d, group["layout"]) for d in directions]
 
-    def _adam_step(self, group, params) -> None:
+    def _adam_step(self, group, params, grads, states) -> None:
         beta1 = group["betas"][0]
         lr, weight_decay = group["lr"], group["weight_decay"]
-        exp_avgs, exp_avg_sqs, steps = self._adam_moments(group, params)
+        exp_avgs, exp_avg_sqs, steps = self._adam_moments(group, grads, states)
         denominators = self._adam_denominators(group, exp_avg_sqs, steps)
         if weight_decay:
             torch._foreach_mul_(params, 1 - lr * weight_decay)
@@ -298,7 +312,7 @@ class GroupedOptimizer(Optimizer):
             params, exp_avgs, denominators, [-lr / (1 - beta1**t) for t in steps]
         )
 
-    def _sphere_step(self, group, params, directions) -> None:
+    def _sphere_step(self, group, params, directions, states) -> None:
         """``W' = (1 - lr·wd) W - lr · R/||D|| · D``, then ``W <- R · W'/||W'||`` (METHOD 2.3).
 
         Runs on the stacked matrices of one shape at a time, in fp32. ``sphere="matrix"``: one
@@ -309,10 +323,11 @@ class GroupedOptimizer(Optimizer):
         for indices, stacked_directions in _buckets(directions):
             members = [params[i] for i in indices]
             views = [_matrix_view(p, group["layout"]) for p in members]
+            radii = [states[i]["radius"] for i in indices]
             counts = [v.shape[0] for v in views]
             weights = torch.cat(views).float() if len(views) > 1 else views[0].float()
             stacked_directions = stacked_directions.float()
-            radius = torch.cat([self.state[p]["radius"] for p in members])
+            radius = torch.cat(radii) if len(radii) > 1 else radii[0]
             # unit index of each slice: the slice itself, or the parameter it belongs to
             if per_tensor:
                 unit = torch.repeat_interleave(

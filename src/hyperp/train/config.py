@@ -1,0 +1,409 @@
+"""Run configuration: dataclasses are the one source of truth; TOML files and ``--section.key
+value`` overrides map onto them, and unknown keys are errors.
+
+A run has four sections: ``[model]`` (:class:`hyperp.model.ModelConfig`), ``[optim]``,
+``[data]`` and ``[train]``. :meth:`RunConfig.plan` applies the HyperP rules (METHOD.md 4) to
+turn a base LR and base scale into this run's peak LR, token budget and step count, and says how.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from hyperp.model.config import ModelConfig
+from hyperp.rules import ModelScale, TransferRule
+
+__all__ = [
+    "CONFIG_DIR",
+    "DataConfig",
+    "OptimConfig",
+    "RunConfig",
+    "RunPlan",
+    "TrainConfig",
+    "load_config",
+    "parse_overrides",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # presets ship in the package
+
+
+@dataclass
+class OptimConfig:
+    """How the optimizer and its LR are set (METHOD.md 2, 4).
+
+    The peak LR is ``lr`` when given; otherwise ``base_lr`` transferred by the HyperP rule from
+    the base scale (``base_depth``, ``base_width``, ``base_tokens``, ``base_batch``), each of
+    which defaults to this run's own value (so with no base given, ``lr = base_lr``).
+    """
+
+    method: str = "hyperp"
+    lr: float | None = None
+    base_lr: float = 0.02
+    base_depth: int | None = None
+    base_width: int | None = None
+    base_tokens: float | None = None
+    base_batch: float | None = None
+    token_exponent: float = -0.32
+    batch_exponent: float = 0.5
+    depth_exponent: float = 0.5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    final_lr_fraction: float = 0.1
+    grad_clip: float = 1.0
+    momentum: float = 0.95
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    sphere: str = "matrix"
+    ns_dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        _choice("optim.method", self.method, ("hyperp", "muon", "adamw"))
+        _choice("optim.sphere", self.sphere, ("matrix", "tensor"))
+        _choice("optim.ns_dtype", self.ns_dtype, ("auto", "fp32", "bf16"))
+        _require(self.lr is None or self.lr > 0, f"optim.lr must be positive, got {self.lr}")
+        _require(self.base_lr > 0, f"optim.base_lr must be positive, got {self.base_lr}")
+        _require(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+        _require(0 <= self.final_lr_fraction <= 1, "optim.final_lr_fraction must be in [0, 1]")
+        _require(self.grad_clip >= 0, "optim.grad_clip must be >= 0 (0 disables clipping)")
+        _require(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    """Where tokens come from. An empty ``path`` means the built-in corpus (the Python standard
+    library's sources, prepared once into the cache with ``vocab_size`` and ``max_bytes``)."""
+
+    path: str = ""
+    vocab_size: int = 8192
+    max_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.vocab_size >= 257, "data.vocab_size must be at least 257 (the bytes + EOT)")
+        _require(self.max_bytes >= 0, "data.max_bytes must be >= 0 (0 = the whole corpus)")
+
+
+@dataclass
+class TrainConfig:
+    """The loop: budget, batch, precision, logging, evaluation and checkpoints.
+
+    The budget is ``tokens`` (0: Chinchilla-style from ``optim.base_tokens``, METHOD.md 4) or
+    ``steps`` (which wins when both are set). ``batch_size`` is the global number of sequences
+    per optimizer step, split over data-parallel ranks and then ``grad_accum`` micro-batches.
+    """
+
+    tokens: float = 0.0
+    steps: int = 0
+    batch_size: int = 16
+    seq_len: int = 256
+    grad_accum: int = 1
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    distributed: str = "ddp"
+    nproc: int = 1
+    threads: int = 0
+    log_every: int = 10
+    monitor_every: int = 50
+    eval_every: int = 100
+    eval_batches: int = 20
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    progress: bool = True
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "hyperp"
+    peak_flops: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.tokens >= 0 and self.steps >= 0, "train.tokens and train.steps must be >= 0")
+        for name in (
+            "batch_size",
+            "seq_len",
+            "grad_accum",
+            "nproc",
+            "log_every",
+            "keep_checkpoints",
+        ):
+            _require(getattr(self, name) >= 1, f"train.{name} must be at least 1")
+        for name in ("monitor_every", "eval_every", "eval_batches", "checkpoint_every", "threads"):
+            _require(getattr(self, name) >= 0, f"train.{name} must be >= 0 (0 disables)")
+        _choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
+        _choice("train.distributed", self.distributed, ("ddp", "fsdp"))
+
+    @property
+    def batch_tokens(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the rules give this run (see :meth:`RunConfig.plan`)."""
+
+    lr: float
+    final_lr: float
+    lr_multiplier: float
+    tokens: int
+    steps: int
+    batch_tokens: int
+    params: int
+    flops_per_token: float
+    flops: float
+    depth_ratio: float
+    explanation: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["explanation"] = list(self.explanation)
+        return out
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not self.data.path:
+            # The built-in corpus is prepared with data.vocab_size; the model must match it.
+            self.model.vocab_size = self.data.vocab_size
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: asdict(getattr(self, name)) for name in SECTIONS}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        unknown = sorted(set(values) - set(SECTIONS))
+        if unknown:
+            raise ValueError(
+                f"unknown config sections {unknown}; a config has [{'], ['.join(SECTIONS)}]"
+            )
+        built = {}
+        for name, section_class in SECTIONS.items():
+            table = values.get(name, {})
+            if not isinstance(table, dict):
+                raise ValueError(f"config section [{name}] must be a table, got {table!r}")
+            _check_keys(name, section_class, table)
+            built[name] = section_class(**table)
+        return cls(**built)
+
+    def plan(self) -> RunPlan:
+        """Peak LR, token budget and steps of this run from the HyperP rules (METHOD.md 4)."""
+        optim, train, model = self.optim, self.train, self.model
+        scale = model.scale()
+        batch_tokens = train.batch_tokens
+        base_scale = ModelScale(
+            depth=optim.base_depth or model.depth,
+            width=optim.base_width or (model.width if optim.base_depth is None else None),
+            aspect_ratio=model.aspect_ratio,
+            head_dim=model.head_dim,
+            n_kv_heads=model.n_kv_heads,
+            vocab_size=model.vocab_size,
+            context=model.context,
+        )
+        if train.steps:
+            tokens = train.steps * batch_tokens
+        elif train.tokens:
+            tokens = int(train.tokens)
+        elif optim.base_tokens:
+            tokens = int(optim.base_tokens * scale.params / base_scale.params)
+        else:
+            raise ValueError(
+                "no training budget: set train.steps, train.tokens, or optim.base_tokens (then "
+                "the budget is base_tokens·N(d)/N(d0), Chinchilla-style)"
+            )
+        steps = train.steps or max(1, math.ceil(tokens / batch_tokens))
+        tokens = steps * batch_tokens
+        rule = TransferRule.for_method(
+            optim.method,
+            base=base_scale,
+            base_lr=optim.base_lr,
+            base_tokens=optim.base_tokens or tokens,
+            base_batch=optim.base_batch or batch_tokens,
+            batch_exponent=optim.batch_exponent,
+            depth_exponent=optim.depth_exponent,
+            final_lr_fraction=optim.final_lr_fraction,
+            **({"token_exponent": optim.token_exponent} if optim.method == "hyperp" else {}),
+        )
+        multiplier = rule.lr_multiplier(scale, tokens, batch_tokens)
+        if optim.lr is not None:
+            lr, how = optim.lr, f"lr {optim.lr:g} given directly (optim.lr); no transfer applied"
+        else:
+            lr = optim.base_lr * multiplier
+            how = (
+                f"lr {lr:.5g} = base_lr {optim.base_lr:g} x {multiplier:.4f}  "
+                f"[batch (B/B0)^{rule.batch_exponent:g} = ({batch_tokens}/{rule.base_batch:.6g})"
+                f"^{rule.batch_exponent:g}; depth (d0/d)^{rule.depth_exponent:g} = "
+                f"({base_scale.depth}/{model.depth})^{rule.depth_exponent:g}; tokens (T/T0)^"
+                f"{rule.token_exponent:g} = ({tokens:.4g}/{rule.base_tokens:.4g})^"
+                f"{rule.token_exponent:g}]"
+            )
+        explanation = (
+            f"model: depth {model.depth}, width {model.width}, {scale.params / 1e6:.2f}M "
+            f"dense-equivalent parameters (N of METHOD 4)",
+            f"budget: {tokens:,} tokens = {steps} steps x {batch_tokens:,} tokens "
+            f"({tokens / scale.params:.3g} tokens/parameter)",
+            how,
+            f"schedule: {'warmup ' + str(optim.warmup_steps) + ' steps, ' if optim.warmup_steps else ''}"
+            f"linear decay to {optim.final_lr_fraction:g} x peak",
+        )
+        return RunPlan(
+            lr=lr,
+            final_lr=lr * optim.final_lr_fraction,
+            lr_multiplier=multiplier if optim.lr is None else 1.0,
+            tokens=tokens,
+            steps=steps,
+            batch_tokens=batch_tokens,
+            params=scale.params,
+            flops_per_token=scale.flops_per_token,
+            flops=scale.flops_per_token * tokens,
+            depth_ratio=base_scale.depth / model.depth,
+            explanation=explanation,
+        )
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+}
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    _require(value in options, f"{name} must be one of {', '.join(options)}; got {value!r}")
+
+
+def _check_keys(section: str, section_class: type, table: dict[str, Any]) -> None:
+    known = [f.name for f in fields(section_class)]
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {section}.{close[0]}?" if close else ""
+            raise ValueError(
+                f"unknown config key {section}.{key}{hint} (valid keys: {', '.join(known)})"
+            )
+
+
+def _field_types(section_class: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_class)
+
+
+def _parse_value(text: str, annotation: Any, key: str) -> Any:
+    """Turn an override string into the field's type (int, float, bool, str, or X | None)."""
+    options = (
+        typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    )
+    if type(None) in options and text.lower() in ("none", "null", ""):
+        return None
+    base = next(t for t in options if t is not type(None))
+    try:
+        if base is bool:
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if base is int:
+            number = _number(text)
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        if base is float:
+            return float(_number(text))
+        return text
+    except (ValueError, OverflowError):
+        kind = getattr(base, "__name__", str(base))
+        raise ValueError(f"--{key} {text!r} is not a valid {kind}") from None
+
+
+def _number(text: str) -> float:
+    cleaned = text.replace("_", "").replace("^", "**")
+    if "**" in cleaned:
+        base, exponent = cleaned.split("**", 1)
+        return float(base) ** float(exponent)
+    return float(cleaned)
+
+
+def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """``["--train.steps", "100", "--model.width=64"]`` (or ``{"train.steps": 100}``) to nested
+    typed values. Unknown sections or keys are errors that name the closest valid key."""
+    pairs: list[tuple[str, Any]] = []
+    if isinstance(items, dict):
+        pairs = list(items.items())
+    elif items:
+        index = 0
+        while index < len(items):
+            item = items[index]
+            if not item.startswith("--"):
+                raise ValueError(f"expected an override like --train.steps 100, got {item!r}")
+            key = item[2:]
+            if "=" in key:
+                key, value = key.split("=", 1)
+            else:
+                if index + 1 >= len(items):
+                    raise ValueError(f"override --{key} needs a value")
+                index += 1
+                value = items[index]
+            pairs.append((key, value))
+            index += 1
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in pairs:
+        section, _, name = key.partition(".")
+        if section not in SECTIONS or not name:
+            raise ValueError(
+                f"unknown override --{key}; overrides look like --SECTION.KEY VALUE with SECTION "
+                f"one of {', '.join(SECTIONS)}"
+            )
+        _check_keys(section, SECTIONS[section], {name: None})
+        if isinstance(value, str):
+            value = _parse_value(value, _field_types(SECTIONS[section])[name], key)
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def _resolve_config_path(path: str | Path) -> Path:
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    preset = CONFIG_DIR / f"{candidate.name}.toml"
+    if candidate.suffix == "" and preset.is_file():
+        return preset
+    presets = sorted(p.stem for p in CONFIG_DIR.glob("*.toml")) if CONFIG_DIR.is_dir() else []
+    raise FileNotFoundError(
+        f"config file {str(path)!r} not found; give a TOML path or a preset name "
+        f"({', '.join(presets) or 'none installed'})"
+    )
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> RunConfig:
+    """Read a TOML config (a path, or a preset name from ``configs/`` such as ``tiny``), apply
+    overrides, validate. ``path=None`` starts from the dataclass defaults."""
+    values: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        resolved = _resolve_config_path(path)
+        try:
+            values = tomllib.loads(resolved.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{resolved} is not valid TOML: {error}") from None
+    for section, table in parse_overrides(overrides).items():
+        values.setdefault(section, {}).update(table)
+    return RunConfig.from_dict(values)

@@ -1,0 +1,123 @@
+"""Where metrics go: ``metrics.jsonl`` always; TensorBoard and W&B when installed and asked for."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from hyperp.fileio import atomic_write_text
+
+__all__ = ["JsonlSink", "open_sinks"]
+
+
+def _clean(record: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN/inf: write them as strings so the file stays standard JSON."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            value = str(value)
+        out[key] = value
+    return out
+
+
+class JsonlSink:
+    """One JSON object per line, flushed as written, so a crash loses at most the current line."""
+
+    def __init__(self, path: Path, *, resume_step: int | None) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            # Drop records past the checkpoint: the resumed run logs those steps again.
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        elif resume_step is None and path.exists():
+            path.unlink()
+        self.handle = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.handle.write(json.dumps(_clean(record)) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _step_of(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", math.inf))
+    except (json.JSONDecodeError, AttributeError):
+        return math.inf  # a torn last line from a crash is dropped
+
+
+class TensorBoardSink:
+    def __init__(self, directory: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError(
+                "train.tensorboard needs TensorBoard: pip install 'hyperp[tensorboard]'"
+            ) from None
+        self.writer = SummaryWriter(str(directory))
+
+    def write(self, record: dict[str, Any]) -> None:
+        step = int(record["step"])
+        for key, value in record.items():
+            if key != "step" and isinstance(value, int | float):
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    def __init__(self, project: str, name: str, config: dict[str, Any], directory: Path) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise ValueError("train.wandb needs W&B: pip install 'hyperp[wandb]'") from None
+        self.run = wandb.init(
+            project=project,
+            name=name,
+            config=config,
+            dir=str(directory),
+            resume="allow",
+            id=name.replace("/", "-"),
+        )
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.run.log({k: v for k, v in record.items() if k != "step"}, step=int(record["step"]))
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class Sinks:
+    def __init__(self, sinks: list) -> None:
+        self.sinks = sinks
+
+    def write(self, record: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.write(record)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+def open_sinks(
+    out_dir: Path,
+    *,
+    resume_step: int | None,
+    tensorboard: bool,
+    wandb: bool,
+    wandb_project: str,
+    name: str,
+    config: dict[str, Any],
+) -> Sinks:
+    sinks: list = [JsonlSink(out_dir / "metrics.jsonl", resume_step=resume_step)]
+    if tensorboard:
+        sinks.append(TensorBoardSink(out_dir / "tensorboard"))
+    if wandb:
+        sinks.append(WandbSink(wandb_project, name, config, out_dir))
+    return Sinks(sinks)

@@ -1,0 +1,337 @@
+"""The trainer: configs, resume, kills, signals, divergence, distributed equivalence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hyperp.cli import main
+from hyperp.data import prepare
+from hyperp.train import load_config
+from hyperp.train.checkpoint import list_checkpoints, save_checkpoint
+from hyperp.train.trainer import TrainingDiverged, train
+from support import subprocess_env
+
+TINY = {
+    "model.depth": 2,
+    "model.width": 32,
+    "model.head_dim": 16,
+    "model.n_kv_heads": 2,
+    "model.context": 32,
+    "model.head_init_rule": "inverse_width",
+    "model.base_width": 64,
+    "train.batch_size": 8,
+    "train.seq_len": 32,
+    "train.log_every": 1,
+    "train.eval_every": 4,
+    "train.eval_batches": 2,
+    "train.checkpoint_every": 4,
+    "train.progress": False,
+    "train.monitor_every": 3,
+    "train.steps": 8,
+    "optim.base_lr": 0.03,
+}
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """A small real corpus: a few standard-library modules, BPE vocab 512."""
+    import sysconfig
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = [stdlib / name for name in ("argparse.py", "textwrap.py", "difflib.py", "shlex.py")]
+    return prepare(
+        files, tmp_path_factory.mktemp("corpus") / "tokens", vocab_size=512, val_fraction=0.3
+    )
+
+
+def config(corpus, **overrides):
+    return load_config(None, {**TINY, "data.path": str(corpus), **overrides})
+
+
+def logged(run_dir: Path, key="loss") -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in records if key in r}
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    _, path = list_checkpoints(run_dir / "checkpoints")[-1]
+    return torch.load(path, weights_only=False)["model"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+def test_config_errors_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="did you mean train.steps"):
+        load_config(None, ["--train.stesp", "3"])
+    with pytest.raises(ValueError, match="not a valid int"):
+        load_config(None, ["--train.steps", "many"])
+    with pytest.raises(ValueError, match="overrides look like"):
+        load_config(None, ["--trian.steps", "3"])
+    with pytest.raises(FileNotFoundError, match="preset name"):
+        load_config("nonexistent.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\ndepth = 2\nwidht = 4\n")
+    with pytest.raises(ValueError, match="did you mean model.width"):
+        load_config(bad)
+    bad.write_text("[model\n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="no training budget"):
+        load_config(None, {"train.steps": 0}).plan()
+    with pytest.raises(ValueError, match="optim.method"):
+        load_config(None, {"optim.method": "sgd"})
+    assert load_config("tiny", ["--model.qk_norm=false"]).model.qk_norm is False
+
+
+def test_plan_applies_the_transfer_rule():
+    from hyperp.rules import ModelScale, TransferRule
+
+    cfg = load_config(
+        "tiny",
+        {
+            "optim.base_depth": 2,
+            "optim.base_width": 64,
+            "optim.base_tokens": 1e6,
+            "optim.base_batch": 2048,
+        },
+    )
+    plan = cfg.plan()
+    rule = TransferRule(
+        base=ModelScale(depth=2, width=64, head_dim=32, vocab_size=8192, context=256),
+        base_lr=0.02,
+        base_tokens=1e6,
+        base_batch=2048,
+    )
+    assert plan.lr == pytest.approx(0.02 * rule.lr_multiplier(cfg.model.scale(), plan.tokens, 4096))
+    assert plan.depth_ratio == 0.5
+    # Chinchilla-style budget when only the base budget is given
+    cfg = load_config(
+        "tiny",
+        {"train.steps": 0, "optim.base_depth": 2, "optim.base_width": 64, "optim.base_tokens": 1e6},
+    )
+    expected = 1e6 * cfg.model.scale().params / rule.base.params
+    assert abs(cfg.plan().tokens - expected) <= cfg.train.batch_tokens
+    given = load_config("tiny", {"optim.lr": 0.1}).plan()
+    assert given.lr == 0.1 and "given directly" in given.explanation[2]
+
+
+def test_train_writes_the_run_directory(corpus, tmp_path):
+    result = train(config(corpus), tmp_path / "run")
+    assert result.status == "finished" and result.exit_code == 0
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    for key in (
+        "train_loss",
+        "val_loss",
+        "tokens",
+        "flops",
+        "params",
+        "lr",
+        "tokens_per_s",
+        "wall_time_s",
+        "depth",
+        "width",
+        "method",
+        "config",
+    ):
+        assert summary[key] is not None, key
+    assert summary["tokens"] == 8 * 8 * 32 and summary["steps"] == 8
+    losses = logged(tmp_path / "run")
+    assert sorted(losses) == list(range(1, 9))
+    assert losses[8] < losses[1]
+    monitored = logged(tmp_path / "run", "attn_z")
+    assert sorted(monitored) == [1, 3, 6]  # monitor steps only
+    assert sorted(logged(tmp_path / "run", "val_loss")) == [4, 8]
+    assert [s for s, _ in list_checkpoints(tmp_path / "run/checkpoints")] == [4, 8]
+    again = train(config(corpus), tmp_path / "run")  # a finished run is not redone
+    assert again.status == "already finished"
+
+
+def test_resume_is_exact(corpus, tmp_path):
+    straight = tmp_path / "straight"
+    train(config(corpus), straight)
+    split = tmp_path / "split"
+    first = train(config(corpus), split, stop_after=3)  # not a checkpoint step
+    assert first.status == "interrupted" and first.exit_code == 0
+    assert max(logged(split)) == 3
+    second = train(config(corpus), split)
+    assert second.status == "finished"
+    assert logged(split) == logged(straight)
+    assert logged(split, "val_loss") == logged(straight, "val_loss")
+    assert_same_weights(split, straight)
+
+
+def test_resume_refuses_a_changed_config(corpus, tmp_path):
+    train(config(corpus), tmp_path / "run", stop_after=2)
+    with pytest.raises(ValueError, match=r"different config \(model.width: 32 -> 48"):
+        train(config(corpus, **{"model.width": 48}), tmp_path / "run")
+    # settings that do not change the trajectory may change
+    assert train(config(corpus, **{"train.log_every": 2}), tmp_path / "run").status == "finished"
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(config(corpus), tmp_path / "run2", stop_after=1) and train(
+            config(corpus), tmp_path / "run2", resume="never"
+        )
+
+
+def test_a_crash_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    directory = tmp_path / "checkpoints"
+    save_checkpoint(directory, 4, {"model": {"w": torch.ones(3)}}, keep=2)
+
+    def broken_save(obj, handle):
+        handle.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(directory, 8, {"model": {"w": torch.zeros(3)}}, keep=2)
+    monkeypatch.undo()
+    assert [s for s, _ in list_checkpoints(directory)] == [4]
+    assert not list(directory.glob(".*tmp"))
+    assert torch.equal(torch.load(directory / "step_00000004.pt")["model"]["w"], torch.ones(3))
+
+
+def test_non_finite_loss_stops_with_the_checkpoint_intact(corpus, tmp_path, monkeypatch):
+    from hyperp.model import Transformer
+
+    original = Transformer.forward
+    calls = {"n": 0}
+
+    def poisoned(self, tokens, targets=None):
+        out = original(self, tokens, targets)
+        calls["n"] += 1
+        if targets is not None and calls["n"] == 6:
+            out.loss = out.loss * float("nan")
+            out.lm_loss = out.lm_loss * float("nan")
+        return out
+
+    monkeypatch.setattr(Transformer, "forward", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"nan at step 6.*Last good checkpoint: step 4"):
+        train(config(corpus, **{"train.eval_every": 0}), run)
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [4]
+    assert (
+        not (run / "summary.json").exists()
+        and "TrainingDiverged" in (run / "error.txt").read_text()
+    )
+
+
+def run_cli(args, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "hyperp", "train", *args],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def cli_args(corpus, out, **overrides):
+    values = {**TINY, "data.path": str(corpus), **overrides}
+    return ["--config", "tiny", "--out", str(out)] + [f"--{k}={v}" for k, v in values.items()]
+
+
+def wait_for_checkpoint(run: Path, process, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if list_checkpoints(run / "checkpoints"):
+            return
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("kill", [signal.SIGKILL, signal.SIGINT])
+def test_killed_run_resumes_and_finishes(corpus, tmp_path, kill):
+    overrides = {"train.steps": 40, "train.checkpoint_every": 2, "train.eval_every": 0}
+    straight = tmp_path / "straight"
+    assert train(config(corpus, **overrides), straight).status == "finished"
+    run = tmp_path / "run"
+    process = run_cli(cli_args(corpus, run, **overrides))
+    wait_for_checkpoint(run, process)
+    process.send_signal(kill)
+    output, _ = process.communicate(timeout=120)
+    if kill == signal.SIGINT:
+        assert process.returncode == 130, output
+        assert "checkpoint saved" in output
+    assert not (run / "summary.json").exists()
+    # every checkpoint file present is complete and loadable
+    for _, path in list_checkpoints(run / "checkpoints"):
+        torch.load(path, weights_only=False)
+    finish = run_cli(cli_args(corpus, run, **overrides))
+    output, _ = finish.communicate(timeout=300)
+    assert finish.returncode == 0, output
+    assert "resumed from" in output
+    assert logged(run) == logged(straight)
+    assert_same_weights(run, straight)
+
+
+def test_cli_errors_are_one_line(corpus, tmp_path, capsys):
+    assert (
+        main(["train", "--out", str(tmp_path / "r"), "--data.path", str(tmp_path / "missing")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "error:" in err and "missing" in err and "Traceback" not in err
+    assert main(["train", "--train.stesp", "2"]) == 2
+    assert "did you mean train.steps" in capsys.readouterr().err
+    assert main(["train", "--dry-run", "--json", "--train.steps", "7"]) == 0
+    assert json.loads(capsys.readouterr().out)["plan"]["steps"] == 7
+    with pytest.raises(SystemExit):
+        main(["transfer", "--depth", "8", "--model.width", "3"])  # overrides only where accepted
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one(corpus, tmp_path, strategy):
+    # Same global batch, same data rows: the losses differ only by the order of floating-point
+    # reductions (gradient all-reduce vs one sum), ~1e-7 relative per step, grown over 8 steps.
+    overrides = {"model.moe_sparsity": 2, "model.moe_granularity": 2, "train.eval_every": 4}
+    single = tmp_path / "single"
+    train(config(corpus, **overrides), single)
+    multi = tmp_path / strategy
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "hyperp",
+        "train",
+        *cli_args(corpus, multi, **overrides),
+        f"--train.distributed={strategy}",
+        "--train.threads=1",
+    ]
+    done = subprocess.run(
+        command,
+        env=subprocess_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    one, two = logged(single), logged(multi)
+    assert one.keys() == two.keys()
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=2e-4), step
+    val_one, val_two = logged(single, "val_loss"), logged(multi, "val_loss")
+    for step in val_one:
+        assert val_two[step] == pytest.approx(val_one[step], rel=2e-4)
+    summary = json.loads((multi / "summary.json").read_text())
+    assert summary["processes"] == 2
+    wa, wb = final_weights(single), final_weights(multi)
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=1e-3, atol=1e-4)
+    os.environ.pop("OMP_NUM_THREADS", None)
