@@ -4,16 +4,18 @@ import json
 import subprocess
 import sys
 
-from support import subprocess_env
-
 from hyperp.data import default_corpus, open_corpus
+from support import subprocess_env
 
 
 def test_tiny_preset_learns_the_builtin_corpus(tmp_path):
     out = tmp_path / "tiny"
     done = subprocess.run(
         [sys.executable, "-m", "hyperp", "train", "--out", str(out), "--train.progress", "false"],
-        env=subprocess_env(), capture_output=True, text=True, timeout=1500,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
