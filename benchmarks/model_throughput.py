@@ -134,7 +134,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--bf16", action="store_true", help="autocast to bf16 (default on cuda)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--threads", type=int, help="CPU threads (1 is steadier on a busy machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     autocast = args.bf16 or device.type == "cuda"
@@ -210,7 +213,10 @@ def main() -> None:
     fastest = {name: min(values) for name, values in times.items()}
     rate = {name: tokens_per_step / seconds for name, seconds in median.items()}
 
-    print(f"device {device}, bf16 autocast {autocast}, compile {args.compile}")
+    print(
+        f"device {device}, bf16 autocast {autocast}, compile {args.compile}, "
+        f"threads {torch.get_num_threads()}, {args.rounds} rounds"
+    )
     print(f"dense {shape}; moe s{sparsity}k{granularity}; batch {args.batch} x {args.context}")
     print(f"{'variant':<14} {'tokens/s':>12} {'ms/step med':>12} {'ms/step min':>12}")
     for name in variants:

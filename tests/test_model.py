@@ -181,7 +181,8 @@ def reference_attention(attn, x, config):
     def rms(t, gain):
         return t / torch.sqrt(t.pow(2).mean(-1, keepdim=True) + config.norm_eps) * gain
 
-    q, k = rms(q, attn.q_norm.weight), rms(k, attn.k_norm.weight)
+    if config.qk_norm:
+        q, k = rms(q, attn.q_norm.weight), rms(k, attn.k_norm.weight)
     cos, sin = rope_tables(hs, length, config.rope_base)
     q = apply_rope(q.transpose(1, 2), cos, sin)
     k = apply_rope(k.transpose(1, 2), cos, sin).repeat_interleave(heads // kv_heads, dim=1)
@@ -190,17 +191,26 @@ def reference_attention(attn, x, config):
     mask = torch.ones(length, length, dtype=torch.bool).triu(1)
     weights = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
     y = (weights @ v).transpose(1, 2)
-    y = y * torch.sigmoid(x @ attn.gate.weight.T).unsqueeze(-1)
+    if config.gated_attention:
+        y = y * torch.sigmoid(x @ attn.gate.weight.T).unsqueeze(-1)
     return y.reshape(batch, length, heads * hs) @ attn.o.weight.T
 
 
-def test_attention_matches_explicit_reference():
+@pytest.mark.parametrize(
+    "switches",
+    [{}, dict(qk_norm=False), dict(gated_attention=False), dict(n_kv_heads=4, n_heads=4)],
+)
+def test_attention_matches_explicit_reference(switches):
     torch.manual_seed(0)
-    config = tiny(width=32, head_dim=8, n_kv_heads=2, base_head_dim=4)  # scale sqrt(4)/8
+    values = dict(width=32, head_dim=8, n_kv_heads=2, base_head_dim=4)  # scale sqrt(4)/8
+    config = tiny(**{**values, **switches})
     model = Transformer(config)
     attn = model.blocks[0].attn
+    assert (attn.q_norm is None) == (not config.qk_norm)
+    assert (attn.gate is None) == (not config.gated_attention)
     with torch.no_grad():
-        attn.q_norm.weight.uniform_(0.5, 1.5)  # non-trivial gains
+        if config.qk_norm:
+            attn.q_norm.weight.uniform_(0.5, 1.5)  # non-trivial gains
         x = torch.randn(2, 10, 32)
         cos, sin = model.rope_cos[:10], model.rope_sin[:10]
         ours = attn(x, cos, sin)

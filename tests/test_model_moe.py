@@ -263,3 +263,20 @@ def test_router_runs_in_fp32_under_bf16_autocast():
         out, aux = moe(torch.randn(2, 4, 32))
     assert seen["dtype"] == torch.float32
     assert aux.dtype == torch.float32 and out.dtype == torch.float32
+
+
+def test_grouped_gemm_failure_falls_back_to_the_loop(monkeypatch):
+    import hyperp.model.moe as moe_module
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("layout not supported")
+
+    monkeypatch.setattr(moe_module, "_GROUPED_GEMM_FAILED", [])
+    monkeypatch.setattr(F, "grouped_mm", unsupported, raising=False)
+    torch.manual_seed(0)
+    counts = torch.tensor([2, 3])
+    x, banks = torch.randn(5, 8), [torch.randn(2, 4, 8), torch.randn(2, 4, 8), torch.randn(2, 8, 4)]
+    with pytest.warns(RuntimeWarning, match="one matmul per expert"):
+        out = expert_swiglu(x, counts, *banks, use_grouped_gemm=True)
+    torch.testing.assert_close(out, expert_swiglu(x, counts, *banks, use_grouped_gemm=False))
+    assert moe_module._GROUPED_GEMM_FAILED  # the automatic choice will not try it again

@@ -11,6 +11,10 @@ Inside, each module hands its tensors to :class:`StabilityStats`, which computes
 without gradients and accumulates them as on-device sums (no host sync during the forward);
 several forwards inside one context (gradient accumulation) aggregate exactly, as if they were
 one batch. Values are read out, and synchronised, only in :meth:`StabilityStats.summary`.
+``collect`` also works on a ``torch.compile``-d model; the first monitored step then compiles
+a second variant of the graph, so logging steps should be rare, as they are anyway.
+Indicators are per process; a data-parallel trainer averages ``summary()`` over ranks if it
+wants global values (expert counts are already global when the balancing loss is).
 
 Indicators (per layer, and aggregated over layers):
 

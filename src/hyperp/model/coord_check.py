@@ -149,7 +149,7 @@ class CoordCheckResult:
                 slope = slopes.get((depth, quantity))
                 if slope is not None:
                     flat = "yes" if abs(slope) <= FLAT_SLOPE_TOLERANCE else "NO"
-                    if quantity == "logits_rms" and flat == "NO":
+                    if quantity == "logits_rms" and flat == "NO" and self.method == "hyperp":
                         # At init the logit RMS is head_std * sqrt(width); which way it drifts
                         # depends on the head-init width rule (METHOD.md 3), not on the optimizer.
                         flat = "no: set by the head-init width rule (METHOD.md 3)"
@@ -189,6 +189,7 @@ class CoordCheckResult:
         kinds = [*_QUANTITIES, "logits_rms"]
         figure, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.6), squeeze=False)
         for axis, kind in zip(axes[0], kinds):
+            plotted: list[float] = []
             for depth in self.depths:
                 values = self.values(depth, self.steps)
                 for quantity in _ordered(values):
@@ -196,11 +197,16 @@ class CoordCheckResult:
                         continue
                     widths = sorted(values[quantity])
                     label = f"d{depth}" + (f" L{quantity.split('/')[1]}" if "/" in quantity else "")
-                    axis.plot(
-                        widths, [values[quantity][w] for w in widths], marker="o", label=label
-                    )
+                    ys = [values[quantity][w] for w in widths]
+                    plotted.extend(ys)
+                    axis.plot(widths, ys, marker="o", label=label)
             axis.set_xscale("log", base=2)
             axis.set_yscale("log")
+            if plotted and min(plotted) > 0:
+                # Show at least one decade so that small wiggles do not look like trends.
+                low, high = min(plotted), max(plotted)
+                center = math.sqrt(low * high)
+                axis.set_ylim(min(low, center / 10**0.5) / 1.1, max(high, center * 10**0.5) * 1.1)
             axis.set_xlabel("width")
             axis.set_title(kind)
             axis.legend(fontsize=6)

@@ -10,6 +10,7 @@ on CUDA with bf16 it uses PyTorch's grouped GEMM, elsewhere one matmul per exper
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,10 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
+# Set after the first grouped-GEMM failure so the automatic choice stops trying it.
+_GROUPED_GEMM_FAILED: list[bool] = []
+
+
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype the expert matmuls run in: the autocast dtype when autocast is on."""
     device_type = x.device.type
@@ -48,7 +53,7 @@ def _grouped_gemm_usable(x: torch.Tensor, *banks: torch.Tensor) -> bool:
     """PyTorch's grouped GEMM kernel runs on CUDA (sm80+) with bf16 operands whose rows are
     16-byte aligned. (PyTorch also has a CPU version, but it is several times slower than one
     matmul per expert, so CPU uses the loop.)"""
-    if getattr(F, "grouped_mm", None) is None or not x.is_cuda:
+    if getattr(F, "grouped_mm", None) is None or not x.is_cuda or _GROUPED_GEMM_FAILED:
         return False
     if _compute_dtype(x) != torch.bfloat16:
         return False
@@ -98,9 +103,19 @@ def expert_swiglu(
         dtype = _compute_dtype(x_sorted)
         offsets = torch.cumsum(counts, 0).to(torch.int32)
         xs = x_sorted.to(dtype)
-        gate = _grouped_linear(xs, w_gate.to(dtype), offsets)
-        up = _grouped_linear(xs, w_up.to(dtype), offsets)
-        return _grouped_linear(F.silu(gate) * up, w_down.to(dtype), offsets)
+        try:
+            gate = _grouped_linear(xs, w_gate.to(dtype), offsets)
+            up = _grouped_linear(xs, w_up.to(dtype), offsets)
+            return _grouped_linear(F.silu(gate) * up, w_down.to(dtype), offsets)
+        except RuntimeError as error:
+            # A kernel/layout this PyTorch build does not support: fall back, once, loudly.
+            if not _GROUPED_GEMM_FAILED:
+                warnings.warn(
+                    f"grouped GEMM failed ({error}); using one matmul per expert instead",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            _GROUPED_GEMM_FAILED.append(True)
     outputs = []
     # unbind, not bank[e]: indexing would give every expert a full-bank zero gradient to add
     # into (E^2 work in the backward); unbind's backward stacks the slice gradients once.
@@ -214,9 +229,9 @@ class MoE(nn.Module):
         order = torch.argsort(flat_expert, stable=True)
         token_of_row = order // self.top_k
         counts = torch.bincount(flat_expert, minlength=self.n_routed)
-        expert_out = expert_swiglu(
-            tokens[token_of_row], counts, self.w_gate, self.w_up, self.w_down
-        )
+        # Gather in the matmul dtype (bf16 under autocast): half the bytes of an fp32 gather.
+        expert_in = tokens.to(_compute_dtype(tokens))[token_of_row]
+        expert_out = expert_swiglu(expert_in, counts, self.w_gate, self.w_up, self.w_down)
         # Combine in fp32: a token's k weighted expert outputs are summed without bf16 rounding.
         weighted = expert_out.float() * combine.reshape(-1)[order].unsqueeze(-1)
         routed = torch.zeros_like(tokens, dtype=torch.float32).index_add_(0, token_of_row, weighted)

@@ -61,10 +61,13 @@ def rope_tables(head_dim: int, context: int, base: float) -> tuple[torch.Tensor,
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` (..., T, head_dim) by position; pairs are (i, i + head_dim/2)."""
+    """Rotate ``x`` (..., T, head_dim) by position; pairs are (i, i + head_dim/2). Computed in
+    fp32 (bf16 angles would blur distant positions), returned in ``x``'s dtype."""
+    dtype = x.dtype
+    x = x.float()
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    return (x * cos + rotated * sin).to(dtype)
 
 
 class Attention(nn.Module):
