@@ -66,6 +66,20 @@ def time_steps(optimizers, repeats: int, device) -> dict[str, list[float]]:
     return times
 
 
+def measure(builders, shapes, device, warmup: int, repeats: int) -> dict[str, float]:
+    """Median step time of each optimizer on its own copy of the same tensors and gradients."""
+    optimizers = {}
+    for name, build in builders.items():
+        torch.manual_seed(0)
+        params = make_params(shapes, device)
+        for p in params:
+            p.grad = torch.randn_like(p)
+        optimizers[name] = (build(params), params)
+    time_steps(optimizers, warmup, device)
+    times = time_steps(optimizers, repeats, device)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -78,39 +92,52 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
+    parser.add_argument(
+        "--bf16-max-width",
+        type=int,
+        default=None,
+        help="skip bf16 Newton-Schulz above this width (default: 256 on CPU, where "
+        "bf16 matmuls run far slower than fp32; no limit on CUDA)",
+    )
+    parser.add_argument("--bf16-repeats", type=int, default=3)
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    bf16_limit = args.bf16_max_width or (256 if device.type == "cpu" else 1 << 30)
     for width in args.widths:
         shapes = hidden_matrix_shapes(width, args.depth, args.head_dim, args.kv_heads)
         numel = sum(r * c for r, c in shapes)
         print(
             f"\nwidth {width}, depth {args.depth}: {len(shapes)} matrices, {numel / 1e6:.2f}M parameters"
         )
-        builders = {
-            "torch.optim.Muon (bf16 NS)": lambda p: torch.optim.Muon(p, lr=0.02, weight_decay=0.0),
-            "MuonH bf16 NS": lambda p: MuonH(p, lr=0.02, ns_dtype=torch.bfloat16),
+        fp32 = {
             "MuonH fp32 NS": lambda p: MuonH(p, lr=0.02, ns_dtype=torch.float32),
             "Muon baseline fp32 NS": lambda p: Muon(p, lr=0.02, ns_dtype=torch.float32),
             "torch.optim.AdamW (foreach)": lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=True),
         }
-        optimizers = {}
-        for name, build in builders.items():
-            params = make_params(shapes, device)
-            for p in params:
-                p.grad = torch.randn_like(p)
-            optimizers[name] = (build(params), params)
-        time_steps(optimizers, args.warmup, device)
-        times = time_steps(optimizers, args.repeats, device)
-        medians = {name: statistics.median(t) for name, t in times.items()}
-        reference = medians["torch.optim.Muon (bf16 NS)"]
+        bf16 = {
+            "torch.optim.Muon (bf16 NS)": lambda p: torch.optim.Muon(p, lr=0.02, weight_decay=0.0),
+            "MuonH bf16 NS": lambda p: MuonH(p, lr=0.02, ns_dtype=torch.bfloat16),
+        }
+        medians = measure(fp32, shapes, device, args.warmup, args.repeats)
+        if width <= bf16_limit:
+            medians.update(measure(bf16, shapes, device, 1, args.bf16_repeats))
+        else:
+            print(f"(bf16 Newton-Schulz skipped above width {bf16_limit}; see --bf16-max-width)")
+        reference = medians.get("torch.optim.Muon (bf16 NS)")
+        baseline = medians["Muon baseline fp32 NS"]
         adamw = medians["torch.optim.AdamW (foreach)"]
-        print(f"{'optimizer':30s} {'median ms':>10s} {'vs torch Muon':>14s} {'vs AdamW':>9s}")
+        print(
+            f"{'optimizer':30s} {'median ms':>10s} {'vs torch Muon':>14s} "
+            f"{'vs Muon fp32':>13s} {'vs AdamW':>9s}"
+        )
         for name, median in medians.items():
+            versus_torch = f"{median / reference:13.3f}x" if reference else f"{'-':>14s}"
             print(
-                f"{name:30s} {median * 1e3:10.2f} {median / reference:13.3f}x {median / adamw:8.1f}x"
+                f"{name:30s} {median * 1e3:10.2f} {versus_torch} {median / baseline:12.3f}x "
+                f"{median / adamw:8.1f}x"
             )
 
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hyperp.analysis.io import atomic_write_text
+from hyperp.fileio import atomic_write_text
 
 __all__ = [
     "RunSpec",

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from hyperp.analysis.io import atomic_write_bytes
 from hyperp.analysis.study import (
     ComputeResult,
     GroupResult,
@@ -22,6 +21,7 @@ from hyperp.analysis.study import (
     PowerLawResult,
     format_key,
 )
+from hyperp.fileio import atomic_write_bytes
 
 __all__ = [
     "plot_leverage",

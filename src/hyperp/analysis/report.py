@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hyperp.analysis.io import atomic_write_text
 from hyperp.analysis.study import Study
+from hyperp.fileio import atomic_write_text
 
 __all__ = ["format_summary", "write_report"]
 

@@ -38,6 +38,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hyperp.fileio import atomic_write_bytes
+
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
@@ -426,9 +428,4 @@ def write_llmc_shard(path: str | os.PathLike, tokens: np.ndarray) -> Path:
     header = np.zeros(LLMC_HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = LLMC_MAGIC, LLMC_VERSION, tokens.size
     target = Path(path)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(header.tobytes())
-        handle.write(tokens.astype("<u2").tobytes())
-    os.replace(temporary, target)
-    return target
+    return atomic_write_bytes(target, header.tobytes() + tokens.astype("<u2").tobytes())

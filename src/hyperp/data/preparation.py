@@ -29,6 +29,7 @@ import numpy as np
 
 from hyperp.data.corpus import FORMAT_NAME, FORMAT_VERSION, VERIFIED_STAMP
 from hyperp.data.inputs import Document, DocumentSource, expand_inputs
+from hyperp.fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "DEFAULT_SHARD_TOKENS",
@@ -115,19 +116,10 @@ class _SplitWriter:
     def _write(self, tokens: np.ndarray) -> None:
         name = f"{self.split}_{len(self.shards):06d}.bin"
         data = tokens.astype(self.dtype).tobytes()
-        _atomic_write_bytes(self.out_dir / name, data)
+        atomic_write_bytes(self.out_dir / name, data)
         self.shards.append(
             {"file": name, "tokens": len(tokens), "sha256": hashlib.sha256(data).hexdigest()}
         )
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def _split_key(seed: int, text: str) -> float:
@@ -412,9 +404,7 @@ def prepare(
         writer.close()
 
     tokenizer_file = out_path / "tokenizer.json"
-    temporary = out_path / f".tokenizer.json.{os.getpid()}.tmp"
-    tok.save(str(temporary))
-    os.replace(temporary, tokenizer_file)
+    atomic_write_text(tokenizer_file, tok.to_str(pretty=True))
 
     elapsed = time.perf_counter() - started
     meta = {
@@ -454,7 +444,7 @@ def prepare(
         "tokenizer_seconds": round(first_pass_seconds, 3),
         "encode_seconds": round(elapsed - first_pass_seconds, 3),
     }
-    _atomic_write_bytes(out_path / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(out_path / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
     say(
         f"wrote {writers['train'].tokens} train / {writers['val'].tokens} val tokens "
         f"to {out_path} in {elapsed:.1f}s"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 import hyperp.monitor
+from hyperp.fileio import atomic_write
 from hyperp.model.config import ModelConfig
 from hyperp.model.transformer import Transformer
 
@@ -213,17 +213,11 @@ class CoordCheckResult:
         axes[0][0].set_ylabel(f"RMS after {self.steps} steps")
         figure.suptitle(f"coordinate check: {self.method}, lr {self.lr:g}")
         figure.tight_layout()
-        directory = os.path.dirname(os.path.abspath(path))
-        suffix = os.path.splitext(path)[1] or ".png"
-        handle, temporary = tempfile.mkstemp(dir=directory, suffix=suffix)
-        os.close(handle)
+        image_format = os.path.splitext(path)[1].lstrip(".") or "png"
         try:
-            figure.savefig(temporary, dpi=120)
-            os.replace(temporary, path)
+            atomic_write(path, lambda handle: figure.savefig(handle, format=image_format, dpi=120))
         finally:
             plt.close(figure)
-            if os.path.exists(temporary):
-                os.remove(temporary)
 
 
 def coord_check(
