@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     from hyperp.train.trainer import TrainingDiverged, train
 
-    out = Path(args.out) if args.out else default_out_dir(args.config, config.to_dict())
+    out = Path(args.out) if args.out else default_out_dir(args.config, config.trajectory_dict())
     try:
         result = train(config, out, resume=args.resume, stop_after=args.stop_after)
     except TrainingDiverged as error:

@@ -31,6 +31,29 @@ __all__ = [
     "parse_overrides",
 ]
 
+# Settings that do not change a run's trajectory: a run may resume with them changed, and they
+# do not enter the default run-directory name.
+NON_TRAJECTORY_KEYS = frozenset(
+    ("train", key)
+    for key in (
+        "progress",
+        "log_every",
+        "monitor_every",
+        "eval_every",
+        "eval_batches",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "tensorboard",
+        "wandb",
+        "wandb_project",
+        "threads",
+        "nproc",
+        "peak_flops",
+        "compile",
+        "device",
+    )
+)
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # presets ship in the package
 
 
@@ -180,6 +203,13 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: asdict(getattr(self, name)) for name in SECTIONS}
+
+    def trajectory_dict(self) -> dict[str, dict[str, Any]]:
+        """:meth:`to_dict` without the settings that do not change what is trained."""
+        return {
+            section: {k: v for k, v in table.items() if (section, k) not in NON_TRAJECTORY_KEYS}
+            for section, table in self.to_dict().items()
+        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:

@@ -42,33 +42,12 @@ from hyperp.train.checkpoint import (
     load_model_state,
     save_checkpoint,
 )
-from hyperp.train.config import RunConfig, RunPlan
+from hyperp.train.config import NON_TRAJECTORY_KEYS, RunConfig, RunPlan
 from hyperp.train.distributed import Distributed, setup_distributed
 from hyperp.train.sinks import open_sinks
 
 __all__ = ["RunResult", "TrainingDiverged", "train"]
 
-# Config keys that do not change the trajectory: a run may be resumed with them changed.
-_RESUMABLE_CHANGES = {
-    ("train", key)
-    for key in (
-        "progress",
-        "log_every",
-        "monitor_every",
-        "eval_every",
-        "eval_batches",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "tensorboard",
-        "wandb",
-        "wandb_project",
-        "threads",
-        "nproc",
-        "peak_flops",
-        "compile",
-        "device",
-    )
-}
 # Dense bf16 peak FLOP/s for MFU, by CUDA device name.
 _PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12}
 
@@ -154,7 +133,7 @@ def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[
     for section, table in current.items():
         for key, value in table.items():
             before = saved.get(section, {}).get(key, value)
-            if before != value and (section, key) not in _RESUMABLE_CHANGES:
+            if before != value and (section, key) not in NON_TRAJECTORY_KEYS:
                 differences.append(f"{section}.{key}: {before!r} -> {value!r}")
     return differences
 
