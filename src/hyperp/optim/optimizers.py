@@ -96,6 +96,19 @@ def _write_shard(param: torch.Tensor, full: torch.Tensor) -> None:
     param.to_local().copy_(shard.to_local())
 
 
+def _sphere_norms(stacked: torch.Tensor, unit: torch.Tensor | None, radius: torch.Tensor):
+    """Frobenius norm per sphere: per slice, or summed over the slices of each ``unit``."""
+    norms = torch.linalg.vector_norm(stacked, dim=(-2, -1))
+    if unit is None:
+        return norms
+    return torch.zeros_like(radius).index_add_(0, unit, norms.square()).sqrt()
+
+
+def _per_slice(values: torch.Tensor, unit: torch.Tensor | None) -> torch.Tensor:
+    """Per-sphere values broadcast to ``(K, 1, 1)`` over the stacked slices."""
+    return (values if unit is None else values[unit])[:, None, None]
+
+
 def _dtype_from(value: torch.dtype | str | None) -> torch.dtype | None:
     if value is None or isinstance(value, torch.dtype):
         return value
@@ -325,35 +338,31 @@ class GroupedOptimizer(Optimizer):
             views = [_matrix_view(p, group["layout"]) for p in members]
             radii = [states[i]["radius"] for i in indices]
             counts = [v.shape[0] for v in views]
+            # One member in fp32 is stepped in place; several are stacked (one copy) first.
             weights = torch.cat(views).float() if len(views) > 1 else views[0].float()
-            stacked_directions = stacked_directions.float()
+            stacked_directions = stacked_directions.float()  # a fresh tensor: safe to scale
             radius = torch.cat(radii) if len(radii) > 1 else radii[0]
-            # unit index of each slice: the slice itself, or the parameter it belongs to
+            # Sphere of each slice: itself, or (sphere="tensor") the parameter it belongs to.
+            unit = None
             if per_tensor:
                 unit = torch.repeat_interleave(
                     torch.arange(len(members), device=weights.device),
                     torch.tensor(counts, device=weights.device),
                 )
-            direction_sq = stacked_directions.square().sum(dim=(-2, -1))
-            if per_tensor:
-                direction_sq = torch.zeros_like(radius).index_add_(0, unit, direction_sq)
+            # The retraction removes any overall scale, so decay (1 - lr·wd)·W is applied as a
+            # step scaled by 1/(1 - lr·wd): one pass less, same point on the sphere.
             # A zero direction (zero gradient) moves nothing instead of dividing by zero.
-            step_size = lr * radius / direction_sq.sqrt().clamp_min(1e-30)
-            if per_tensor:
-                step_size = step_size[unit]
-            if weight_decay:
-                weights.mul_(1 - lr * weight_decay)
-            weights.sub_(step_size[:, None, None] * stacked_directions)
-            weight_sq = weights.square().sum(dim=(-2, -1))
-            if per_tensor:
-                weight_sq = torch.zeros_like(radius).index_add_(0, unit, weight_sq)
-            retraction = radius / weight_sq.sqrt()
-            if per_tensor:
-                retraction = retraction[unit]
-            weights.mul_(retraction[:, None, None])
-            torch._foreach_copy_(
-                members, [w.reshape(p.shape) for w, p in zip(weights.split(counts), members)]
+            step_size = (
+                lr * radius / _sphere_norms(stacked_directions, unit, radius).clamp_min(1e-30)
             )
+            if weight_decay:
+                step_size = step_size / (1 - lr * weight_decay)
+            weights.sub_(stacked_directions.mul_(_per_slice(step_size, unit)))
+            weights.mul_(_per_slice(radius / _sphere_norms(weights, unit, radius), unit))
+            if weights.data_ptr() != members[0].data_ptr():
+                torch._foreach_copy_(
+                    members, [w.reshape(p.shape) for w, p in zip(weights.split(counts), members)]
+                )
 
     def _muon_step(self, group, params, directions) -> None:
         """The Muon baseline update (METHOD 2.5); no sphere."""
