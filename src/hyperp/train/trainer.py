@@ -513,10 +513,11 @@ class Trainer:
         summary = self._summary(plan, counters, model)
         if dist.is_main:
             atomic_write_json(self.out_dir / "summary.json", summary)
+            val = summary["val_loss"]
             self.log(
                 f"finished: train loss {summary['train_loss']:.4f}, val loss "
-                f"{summary['val_loss']:.4f}, {summary['tokens_per_s']:.0f} tokens/s; "
-                f"{self.out_dir / 'summary.json'}"
+                f"{'-' if val is None else format(val, '.4f')}, "
+                f"{summary['tokens_per_s']:.0f} tokens/s; {self.out_dir / 'summary.json'}"
             )
         return RunResult("finished", self.out_dir, summary, 0)
 
