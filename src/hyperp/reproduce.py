@@ -10,8 +10,8 @@ is derived from those numbers with the thresholds named in :data:`THRESHOLDS`.
 Adaptive phases of a learning-rate sweep (one LR curve = one group of the sweep's other axes):
 
 1. the sweep file's grid;
-2. ``extend``: when a curve's best point lies on the edge of its grid, two more points at the
-   grid's own spacing beyond that edge (once), so that the optimum can be bracketed;
+2. ``extend``: when a curve's best point lies on the edge of its grid, more points at the
+   grid's own spacing beyond that edge (a few rounds at most), so that the optimum is bracketed;
 3. ``seeds``: more seeds at the best point and its two neighbours, so the fit sees the seed
    noise where it matters and the report can state it.
 
@@ -409,6 +409,12 @@ def _run_lr_part(options: ReproduceOptions, study: str, part: Part) -> None:
         jobs: list[tuple[SweepSpec, str]] = []
         points = read_points([base_dir, extend_dir])
         for values, members in _curve_groups(points, group_keys).items():
+            round_dir = extend_dir / f"{name_of(values)}_round{round_index + 1}"
+            if (round_dir / "sweep.json").is_file():
+                # Decided by an earlier invocation: resume it as it was, so re-running the
+                # command neither moves nor adds points.
+                jobs.append((load_sweep(round_dir), f"{part.stem} extend {name_of(values)}"))
+                continue
             means = _mean_by_lr(members, lr_key)
             if not means:
                 continue
@@ -423,7 +429,7 @@ def _run_lr_part(options: ReproduceOptions, study: str, part: Part) -> None:
             else:
                 continue
             axes = {**group_axes(values), lr_key: [float(f"{v:.6g}") for v in extra]}
-            sub = _subspec(spec, extend_dir / f"{name_of(values)}_round{round_index + 1}", axes)
+            sub = _subspec(spec, round_dir, axes)
             jobs.append((sub, f"{part.stem} extend {name_of(values)}"))
         if not jobs:
             break
@@ -432,6 +438,10 @@ def _run_lr_part(options: ReproduceOptions, study: str, part: Part) -> None:
         points = read_points([base_dir, extend_dir])
         seed_jobs: list[tuple[SweepSpec, str]] = []
         for values, members in _curve_groups(points, group_keys).items():
+            seed_dir = seeds_dir / name_of(values)
+            if (seed_dir / "sweep.json").is_file():
+                seed_jobs.append((load_sweep(seed_dir), f"{part.stem} seeds {name_of(values)}"))
+                continue
             means = _mean_by_lr(members, lr_key)
             lrs = list(means)
             if not lrs:
@@ -443,7 +453,7 @@ def _run_lr_part(options: ReproduceOptions, study: str, part: Part) -> None:
                 lr_key: chosen,
                 "train.seed": list(range(1, size.seeds)),
             }
-            sub = _subspec(spec, seeds_dir / name_of(values), axes)
+            sub = _subspec(spec, seed_dir, axes)
             seed_jobs.append((sub, f"{part.stem} seeds {name_of(values)}"))
         _run_many(options, seed_jobs)
 
@@ -1112,10 +1122,19 @@ def analyze_moe(options: ReproduceOptions, figures: Path) -> Section:
 def _compute_points(options: ReproduceOptions) -> dict[str, list[Point]]:
     out: dict[str, list[Point]] = {}
     for part in STUDIES["compute"].parts:
+        try:
+            # Only the runs at the base LR the base sweep gives now (an earlier invocation may
+            # have trained at an LR fitted from fewer points).
+            spec, _ = _compute_spec(options, part)
+            base_lr: float | None = float(spec.axes["optim.base_lr"][0])
+        except ValueError:
+            base_lr = None
         points = [
             p
             for p in read_points(_phase_dirs(options, part.stem))
-            if p.summary is not None and math.isfinite(p.loss)
+            if p.summary is not None
+            and math.isfinite(p.loss)
+            and (base_lr is None or float(p.value("optim.base_lr")) == base_lr)
         ]
         out[part.label] = sorted(points, key=lambda p: p.summary["flops"])
     return out
