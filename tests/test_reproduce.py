@@ -193,3 +193,16 @@ def test_smoke_reproduce_end_to_end(corpus, tmp_path):
     sweeps = [line for line in again.stdout.splitlines() if "trained," in line]
     assert sweeps and all("(0 trained," in line for line in sweeps), again.stdout
     assert report.read_text() == text
+    # One section's own command updates that section in place and keeps the others.
+    only_moe = [word for word in command if word != "tokens"] + ["--report-only"]
+    done = subprocess.run(
+        only_moe, env=subprocess_env(), capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    updated = report.read_text()
+    assert "## 4. Token budget" in updated and "## 5. Mixture of experts" in updated
+
+    def tokens_section(report_text: str) -> str:
+        return report_text.split("## 4. Token budget")[1].split("## 5.")[0]
+
+    assert tokens_section(updated) == tokens_section(text)

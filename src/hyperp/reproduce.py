@@ -1370,8 +1370,8 @@ def _limits(options: ReproduceOptions, section: Section) -> str:
     )
 
 
-def _regenerate(options: ReproduceOptions, name: str) -> str:
-    """The report's command with ``--only`` narrowed to one study."""
+def _whole_command(options: ReproduceOptions) -> list[str]:
+    """The report's command without ``--only``: the one that regenerates every section."""
     words = shlex.split(options.command) if options.command else ["hyperp", "reproduce"]
     kept, in_only = [], False
     for word in words:
@@ -1382,13 +1382,57 @@ def _regenerate(options: ReproduceOptions, name: str) -> str:
             continue
         in_only = False
         kept.append(word)
-    return shlex.join([*kept, "--only", name])
+    if not any(word in kept for word in ("--smoke", "--quick", "--full")):
+        kept.append(f"--{options.size}")
+    return kept
+
+
+def _regenerate(options: ReproduceOptions, name: str) -> str:
+    """The command that regenerates one study's section (and its figures) in place."""
+    return shlex.join([*_whole_command(options), "--only", name])
+
+
+_SECTION_PREFIX = "## "
+_THRESHOLDS_TITLE = "Thresholds behind the verdicts"
+
+
+def _existing_sections(path: Path) -> dict[str, list[str]]:
+    """The study sections of a report written earlier, by title (to keep the studies that
+    this invocation does not regenerate)."""
+    if not path.is_file():
+        return {}
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in path.read_text().splitlines():
+        if line.startswith(_SECTION_PREFIX):
+            title = line[len(_SECTION_PREFIX) :]
+            current = None if title == _THRESHOLDS_TITLE else sections.setdefault(title, [])
+        if current is not None:
+            current.append(line)
+    return sections
 
 
 def write_report(options: ReproduceOptions, sections: Sequence[Section]) -> Path:
-    """Write the markdown report (figures referenced relative to it) and ``results.json``."""
+    """Write the markdown report (figures referenced relative to it) and ``results.json``.
+
+    With ``only``, the other studies' sections of an existing report (and their entries in
+    ``results.json``) are kept, so a section's own command updates it in place."""
     report_dir = options.report.parent
-    lines = [
+    fresh: dict[str, list[str]] = {}
+    for section in sections:
+        lines = [f"{_SECTION_PREFIX}{section.title}", ""]
+        lines += [f"Command: `{_regenerate(options, section.name)}`", ""]
+        for figure in section.figures:
+            lines += [f"![{section.title}]({_display(figure, report_dir)})", ""]
+        lines += [f"**Verdict.** {section.verdict}", ""]
+        lines += [f"**Limits.** {_limits(options, section)}", ""]
+        lines += [*section.body]
+        fresh[section.title] = lines
+    kept = _existing_sections(options.report) if options.only else {}
+    present = [
+        name for name, study in STUDIES.items() if study.title in fresh or study.title in kept
+    ]
+    header = [
         f"# HyperP at small scale: `hyperp reproduce --{options.size}`",
         "",
         "Each section below was produced from training runs by the command it names; every "
@@ -1398,44 +1442,41 @@ def write_report(options: ReproduceOptions, sections: Sequence[Section]) -> Path
         "runs are kept, so it regenerates the same numbers; training the runs again from "
         "scratch changes them by about the seed noise each section states.",
         "",
-        f"Whole report: `{options.command or 'hyperp reproduce --' + options.size}`",
+        f"Whole report: `{shlex.join(_whole_command(options))}`",
         "",
     ]
-    all_points = [p for name in options.selected for p in _study_points(options, name)]
-    finished = [p for p in all_points if p.summary is not None]
+    all_points = {p.directory: p for name in present for p in _study_points(options, name)}
+    finished = [p for p in all_points.values() if p.summary is not None]
     if finished:
-        unique = {p.directory: p for p in finished}
-        hours = sum(p.summary.get("wall_time_s", 0.0) for p in unique.values()) / 3600
-        lines += [
-            f"Runs: {len(unique)} finished, "
-            f"{len({p.directory for p in all_points}) - len(unique)} diverged or failed; "
-            f"{hours:.2f} hours of training time in total (sum over runs).",
+        hours = sum(p.summary.get("wall_time_s", 0.0) for p in finished) / 3600
+        header += [
+            f"Runs: {len(finished)} finished, {len(all_points) - len(finished)} diverged or "
+            f"failed; {hours:.2f} hours of training time in total (sum over runs).",
             "",
         ]
-    for section in sections:
-        lines += [f"## {section.title}", ""]
-        lines += [f"Command: `{_regenerate(options, section.name)}`", ""]
-        for figure in section.figures:
-            lines += [f"![{section.title}]({_display(figure, report_dir)})", ""]
-        lines += [f"**Verdict.** {section.verdict}", ""]
-        lines += [f"**Limits.** {_limits(options, section)}", ""]
-        lines += section.body
-    lines += ["## Thresholds behind the verdicts", ""]
-    lines += _table(["threshold", "value"], list(THRESHOLDS.items()))
-    lines.append("")
+    body: list[str] = []
+    for name in present:
+        title = STUDIES[name].title
+        lines = fresh.get(title) or kept[title]
+        body += lines if lines[-1] == "" else [*lines, ""]
+    footer = [f"{_SECTION_PREFIX}{_THRESHOLDS_TITLE}", ""]
+    footer += [*_table(["threshold", "value"], list(THRESHOLDS.items())), ""]
     options.report.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(options.report, "\n".join(lines))
+    atomic_write_text(options.report, "\n".join(header + body + footer))
+    results_path = options.figures_dir.parent / "results.json"
+    studies: dict[str, Any] = {}
+    if options.only and results_path.is_file():
+        studies = json.loads(results_path.read_text()).get("studies", {})
+    studies.update(
+        {s.name: {"verdict": s.verdict, "numbers": _json_safe(s.numbers)} for s in sections}
+    )
     results = {
         "size": options.size,
-        "command": options.command,
+        "command": shlex.join(_whole_command(options)),
         "thresholds": THRESHOLDS,
-        "studies": {
-            s.name: {"verdict": s.verdict, "numbers": _json_safe(s.numbers)} for s in sections
-        },
+        "studies": {name: studies[name] for name in STUDIES if name in studies},
     }
-    atomic_write_text(
-        options.figures_dir.parent / "results.json", json.dumps(results, indent=2) + "\n"
-    )
+    atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
     return options.report
 
 
