@@ -731,7 +731,7 @@ def _plot_lr_study(
     panels = len(variants) + 1
     columns = min(panels, 3)
     rows = math.ceil(panels / columns)
-    figure = Figure(figsize=(4.6 * columns, 3.6 * rows))
+    figure = Figure(figsize=(4.6 * columns, 3.6 * rows), layout="constrained")
     axes_list = figure.subplots(rows, columns, squeeze=False).ravel()
     for axes, (variant, members) in zip(axes_list, variants.items()):
         for index, curve in enumerate(members):
@@ -762,7 +762,17 @@ def _plot_lr_study(
     for index, (variant, members) in enumerate(variants.items()):
         scales = [float(c.scale) for c in members]
         optima = [c.optimum_lr for c in members]
-        summary.plot(scales, optima, marker="o", color=f"C{index % 10}", label=variant)
+        color = f"C{index % 10}"
+        summary.plot(scales, optima, color=color, label=variant)
+        for scale, optimum, curve in zip(scales, optima, members):
+            summary.plot(
+                [scale],
+                [optimum],
+                marker="o",
+                color=color,
+                markerfacecolor=color if curve.bracketed else "none",
+                linestyle="none",
+            )
     summary.set_xscale("log")
     summary.set_yscale("log")
     summary.set_xlabel(scale_name)
@@ -1050,7 +1060,7 @@ def analyze_moe(options: ReproduceOptions, figures: Path) -> Section:
     section.body += [*_table(["balance weight", "val loss", "MaxVio"], balance_rows), ""]
     section.numbers = {"rms_ratios": ratios, "balance": balance_rows}
 
-    figure = Figure(figsize=(12, 3.6))
+    figure = Figure(figsize=(12, 3.6), layout="constrained")
     left, middle, right = figure.subplots(1, 3)
     for index, (gate, rows) in enumerate(sorted(gate_rows.items(), reverse=True)):
         name = "SqrtGate" if gate else "softmax gate"
@@ -1200,7 +1210,7 @@ def analyze_compute(options: ReproduceOptions, figures: Path) -> Section:
         "curves": {k: {"A": c.A, "b": c.b, "E": c.E} for k, c in curves.items()},
         "leverage": ratio.tolist(),
     }
-    figure = Figure(figsize=(10, 3.8))
+    figure = Figure(figsize=(10, 3.8), layout="constrained")
     left, right = figure.subplots(1, 2)
     for index, (label, members) in enumerate(points.items()):
         flops = np.array([p.summary["flops"] for p in members])
@@ -1257,7 +1267,7 @@ def analyze_stability(options: ReproduceOptions, figures: Path) -> Section:
     study = STUDIES["stability"]
     section = Section(study.name, study.title)
     points = _compute_points(options)
-    figure = Figure(figsize=(12, 6.5))
+    figure = Figure(figsize=(12, 6.5), layout="constrained")
     axes_grid = figure.subplots(2, 2).ravel()
     rows, growth = [], {}
     for method_index, (label, members) in enumerate(points.items()):
@@ -1286,6 +1296,8 @@ def analyze_stability(options: ReproduceOptions, figures: Path) -> Section:
             for key, values in finals.items()
         }
     for key, axes in zip(_STABILITY_KEYS, axes_grid):
+        if key == "grad_norm":
+            axes.set_yscale("log")  # it falls by orders of magnitude from the first step
         axes.set_title(key.replace("_", " "), fontsize=9)
         axes.set_xlabel("step")
         axes.grid(True, alpha=0.3)
