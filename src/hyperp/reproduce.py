@@ -724,6 +724,7 @@ def _plot_lr_study(
     curves: Sequence[Curve], scale_name: str, title: str, path: Path, *, x_label: str
 ) -> Path:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     from hyperp.analysis.plots import save_figure
 
@@ -753,6 +754,7 @@ def _plot_lr_study(
                 label=f"{scale_name} {_fmt(curve.scale)}",
             )
         axes.set_xscale("log")
+        axes.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short range
         axes.set_title(variant, fontsize=9)
         axes.set_xlabel(x_label)
         axes.set_ylabel("validation loss")
@@ -775,6 +777,7 @@ def _plot_lr_study(
             )
     summary.set_xscale("log")
     summary.set_yscale("log")
+    summary.xaxis.set_minor_formatter(NullFormatter())
     summary.set_xlabel(scale_name)
     summary.set_ylabel("optimal LR")
     summary.set_title("optimum against scale (open markers: not bracketed)", fontsize=9)
