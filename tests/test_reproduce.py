@@ -173,6 +173,7 @@ def test_smoke_reproduce_end_to_end(corpus, tmp_path):
         assert f"(report/figures/{figure})" in text
         assert (tmp_path / "report" / "figures" / figure).stat().st_size > 1000
     assert "--only tokens" in text and "Claim 4" in text and "Claim 7a" in text
+    assert "| Claim 4: lr* ~ T^-0.32 |" in text  # the summary table gathers the verdicts
     # The MoE balance table holds each run's own validation loss.
     balance = sorted((tmp_path / "runs" / "moe_balance").glob("*/summary.json"))
     assert len(balance) == 2

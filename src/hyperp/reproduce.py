@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -1408,6 +1409,8 @@ def _regenerate(options: ReproduceOptions, name: str) -> str:
 
 
 _SECTION_PREFIX = "## "
+# "Claim 4 (lr* ~ T^-0.32): held." in a verdict: number, claim, outcome.
+_CLAIM = re.compile(r"(Claim [0-9]+[a-z]?) \(([^)]*)\): ([^.]*)\.")
 _THRESHOLDS_TITLE = "Thresholds behind the verdicts"
 
 
@@ -1470,10 +1473,20 @@ def write_report(options: ReproduceOptions, sections: Sequence[Section]) -> Path
             "",
         ]
     body: list[str] = []
+    claims: list[list[str]] = []
     for name in present:
         title = STUDIES[name].title
         lines = fresh.get(title) or kept[title]
         body += lines if lines[-1] == "" else [*lines, ""]
+        for line in lines:
+            if line.startswith("**Verdict.**"):
+                claims += [
+                    [f"{number}: {claim}", outcome, title]
+                    for number, claim, outcome in _CLAIM.findall(line)
+                ]
+    if claims:
+        header += ["Summary (each row is computed in the section named):", ""]
+        header += [*_table(["paper's claim", "at this scale", "section"], claims), ""]
     footer = [f"{_SECTION_PREFIX}{_THRESHOLDS_TITLE}", ""]
     footer += [*_table(["threshold", "value"], list(THRESHOLDS.items())), ""]
     options.report.parent.mkdir(parents=True, exist_ok=True)
