@@ -18,6 +18,7 @@ VERBS: dict[str, str] = {
     "check": "hyperp.cli.check",
     "fit": "hyperp.cli.fit",
     "sweep": "hyperp.cli.sweep",
+    "reproduce": "hyperp.cli.reproduce",
 }
 
 
