@@ -43,7 +43,7 @@ from hyperp.analysis.fits import (
     fit_power_law,
     leverage,
 )
-from hyperp.analysis.io import atomic_write_text
+from hyperp.fileio import atomic_write_text
 from hyperp.sweep import SweepSpec, expand, load_sweep, run_sweep
 
 __all__ = [
