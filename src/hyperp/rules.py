@@ -20,8 +20,20 @@ __all__ = [
     "TransferResult",
     "TransferRule",
     "lr_schedule",
+    "parse_number",
     "transfer",
 ]
+
+
+def parse_number(text: str) -> float:
+    """Read token counts and batch sizes as people write them: ``1e9``, ``10.4e9``, ``2**21``,
+    ``2^21``, ``1_000_000``. Raises ``ValueError`` for anything else."""
+    cleaned = text.replace("_", "").replace("^", "**")
+    base, power, exponent = cleaned.partition("**")
+    try:
+        return float(base) ** float(exponent) if power else float(cleaned)
+    except (ValueError, OverflowError):
+        raise ValueError(f"not a number: {text!r} (examples: 1e9, 2**21)") from None
 
 
 @dataclass(frozen=True)

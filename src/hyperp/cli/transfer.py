@@ -9,18 +9,12 @@ from hyperp.cli import UserError, add_verb
 
 
 def _number(text: str) -> float:
-    """Accept 1e9, 10.4e9, 2**21 and 2^21."""
-    cleaned = text.replace("^", "**").replace("_", "")
-    if "**" in cleaned:
-        base, exponent = cleaned.split("**", 1)
-        try:
-            return float(base) ** float(exponent)
-        except ValueError:
-            pass
+    from hyperp.rules import parse_number
+
     try:
-        return float(cleaned)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r} (examples: 1e9, 2**21)") from None
+        return parse_number(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def register(sub) -> None:

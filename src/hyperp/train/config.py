@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperp.model.config import ModelConfig
-from hyperp.rules import ModelScale, TransferRule
+from hyperp.rules import ModelScale, TransferRule, parse_number
 
 __all__ = [
     "CONFIG_DIR",
@@ -351,24 +351,16 @@ def _parse_value(text: str, annotation: Any, key: str) -> Any:
                 return False
             raise ValueError
         if base is int:
-            number = _number(text)
+            number = parse_number(text)
             if number != int(number):
                 raise ValueError
             return int(number)
         if base is float:
-            return float(_number(text))
+            return float(parse_number(text))
         return text
     except (ValueError, OverflowError):
         kind = getattr(base, "__name__", str(base))
         raise ValueError(f"--{key} {text!r} is not a valid {kind}") from None
-
-
-def _number(text: str) -> float:
-    cleaned = text.replace("_", "").replace("^", "**")
-    if "**" in cleaned:
-        base, exponent = cleaned.split("**", 1)
-        return float(base) ** float(exponent)
-    return float(cleaned)
 
 
 def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict[str, dict[str, Any]]:
