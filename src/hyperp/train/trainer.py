@@ -589,7 +589,9 @@ def train(
     dist = setup_distributed(config.train.device)
     out = Path(out_dir)
     try:
-        return Trainer(config, out, dist, resume, stop_after).run()
+        result = Trainer(config, out, dist, resume, stop_after).run()
+        dist.barrier()  # no rank tears down its connections while another still talks
+        return result
     except Exception as error:
         # A failed run leaves its reason beside its files (sweeps report it); no summary.json.
         if dist.is_main:
