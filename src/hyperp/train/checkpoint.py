@@ -25,6 +25,7 @@ __all__ = [
     "list_checkpoints",
     "load_latest_checkpoint",
     "load_model_state",
+    "load_model_weights",
     "prune_checkpoints",
     "save_checkpoint",
 ]
@@ -123,3 +124,24 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 target.to_local().copy_(shard.to_local())
             else:
                 target.copy_(source)
+
+
+def load_model_weights(
+    run_dir: str | Path, step: int | None = None
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The model weights of a run directory as whole CPU tensors, and their step.
+
+    ``step=None`` takes the newest complete checkpoint; otherwise that step must exist.
+    """
+    directory = Path(run_dir) / "checkpoints"
+    found = dict(list_checkpoints(directory))
+    if not found:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint (looked in {directory})")
+    if step is None:
+        step = max(found)
+    elif step not in found:
+        raise ValueError(
+            f"{run_dir} has no checkpoint of step {step}; it has steps {sorted(found)}"
+        )
+    payload = torch.load(found[step], map_location="cpu", weights_only=False)
+    return payload["model"], step

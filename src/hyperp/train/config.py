@@ -29,6 +29,7 @@ __all__ = [
     "TrainConfig",
     "load_config",
     "parse_overrides",
+    "read_run_config",
 ]
 
 # Settings that do not change a run's trajectory: a run may resume with them changed, and they
@@ -429,3 +430,17 @@ def load_config(
     for section, table in parse_overrides(overrides).items():
         values.setdefault(section, {}).update(table)
     return RunConfig.from_dict(values)
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run directory was trained with (its ``config.json``)."""
+    import json
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.json")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error.msg})") from None
+    return RunConfig.from_dict({name: values.get(name, {}) for name in SECTIONS})
