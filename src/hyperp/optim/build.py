@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.distributed
 from torch import nn
 
 from hyperp.optim.newton_schulz import Coefficients
@@ -71,6 +72,7 @@ def build_optimizer(
     ns_dtype: torch.dtype | str | None = None,
     head: nn.Module | str | None = None,
     roles: Mapping[str, Role | str] | None = None,
+    replicate_group: torch.distributed.ProcessGroup | None = None,
 ) -> GroupedOptimizer:
     """One optimizer that steps every parameter of ``model`` with one LR knob.
 
@@ -83,7 +85,9 @@ def build_optimizer(
       matrices and head.
 
     Every group starts at its own fraction of ``lr``, so any ``torch.optim.lr_scheduler`` (which
-    scales each group's initial LR) drives them together. ``print(opt.describe())`` shows which
+    scales each group's initial LR) drives them together. Under DDP pass the data-parallel
+    group as ``replicate_group`` (e.g. ``torch.distributed.group.WORLD``) so that ranks split
+    Newton-Schulz instead of repeating it; FSDP2-sharded models need nothing. ``print(opt.describe())`` shows which
     tensor got which role, algorithm, shape and radius.
     """
     if method not in METHODS:
@@ -124,4 +128,4 @@ def build_optimizer(
             group["weight_decay"] = weight_decay
             if role is Role.MATRIX:
                 group["lr"] = lr * depth_ratio
-    return GroupedOptimizer(groups, **common)
+    return GroupedOptimizer(groups, replicate_group=replicate_group, **common)

@@ -13,7 +13,7 @@ import math
 import tomllib
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,9 @@ NON_TRAJECTORY_KEYS = frozenset(
         "peak_flops",
         "compile",
         "device",
+        "distributed",
+        "shard_size",
+        "async_checkpoint",
     )
 )
 
@@ -121,6 +124,9 @@ class TrainConfig:
     The budget is ``tokens`` (0: Chinchilla-style from ``optim.base_tokens``, METHOD.md 4) or
     ``steps`` (which wins when both are set). ``batch_size`` is the global number of sequences
     per optimizer step, split over data-parallel ranks and then ``grad_accum`` micro-batches.
+    ``distributed``: ``ddp``, ``fsdp`` or ``hsdp`` (shard within groups of ``shard_size``
+    processes, replicate across them; 0 = the processes of one node).
+    ``async_checkpoint``: training goes on while checkpoint shards are written.
     """
 
     tokens: float = 0.0
@@ -133,6 +139,8 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False
     distributed: str = "ddp"
+    shard_size: int = 0
+    async_checkpoint: bool = False
     nproc: int = 1
     threads: int = 0
     log_every: int = 10
@@ -158,10 +166,17 @@ class TrainConfig:
             "keep_checkpoints",
         ):
             _require(getattr(self, name) >= 1, f"train.{name} must be at least 1")
-        for name in ("monitor_every", "eval_every", "eval_batches", "checkpoint_every", "threads"):
+        for name in (
+            "monitor_every",
+            "eval_every",
+            "eval_batches",
+            "checkpoint_every",
+            "threads",
+            "shard_size",
+        ):
             _require(getattr(self, name) >= 0, f"train.{name} must be >= 0 (0 disables)")
         _choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
-        _choice("train.distributed", self.distributed, ("ddp", "fsdp"))
+        _choice("train.distributed", self.distributed, ("ddp", "fsdp", "hsdp"))
 
     @property
     def batch_tokens(self) -> int:
@@ -197,10 +212,32 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def __post_init__(self) -> None:
-        if not self.data.path:
-            # The built-in corpus is prepared with data.vocab_size; the model must match it.
-            self.model.vocab_size = self.data.vocab_size
+    def resolve(self, data_vocab_size: int) -> RunConfig:
+        """This config with what the run derives filled in (a new object; nothing is mutated):
+
+        - ``model.vocab_size``: the data's vocabulary, unless set explicitly, and then at least
+          the data's (a larger table is allowed, e.g. padded for speed);
+        - ``model.logit_multiplier``: the method's own unless set: ``d0/d`` for the Muon
+          baseline (METHOD.md 2.5), 1 otherwise.
+        """
+        model = self.model
+        vocab = model.vocab_size or data_vocab_size
+        if vocab < data_vocab_size:
+            raise ValueError(
+                f"model.vocab_size {vocab} is smaller than the data's vocabulary "
+                f"({data_vocab_size} ids); raise it to at least {data_vocab_size} or leave it "
+                "unset to take the data's"
+            )
+        multiplier = model.logit_multiplier
+        if multiplier is None:
+            base_depth = self.optim.base_depth or model.depth
+            multiplier = base_depth / model.depth if self.optim.method == "muon" else 1.0
+        resolved = replace(model, vocab_size=vocab, logit_multiplier=multiplier)
+        return replace(self, model=resolved)
+
+    @property
+    def resolved(self) -> bool:
+        return self.model.vocab_size is not None and self.model.logit_multiplier is not None
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: asdict(getattr(self, name)) for name in SECTIONS}
@@ -229,7 +266,11 @@ class RunConfig:
         return cls(**built)
 
     def plan(self) -> RunPlan:
-        """Peak LR, token budget and steps of this run from the HyperP rules (METHOD.md 4)."""
+        """Peak LR, token budget and steps of this run from the HyperP rules (METHOD.md 4).
+
+        Needs a resolved config (:meth:`resolve`): the vocabulary enters the parameter count."""
+        if not self.resolved:
+            raise ValueError("plan() needs a resolved config: call config.resolve(data_vocab_size)")
         optim, train, model = self.optim, self.train, self.model
         scale = model.scale()
         batch_tokens = train.batch_tokens
@@ -280,8 +321,8 @@ class RunConfig:
                 f"{rule.token_exponent:g}]"
             )
         explanation = (
-            f"model: depth {model.depth}, width {model.width}, {scale.params / 1e6:.2f}M "
-            f"dense-equivalent parameters (N of METHOD 4)",
+            f"model: depth {model.depth}, width {model.width}, vocabulary {model.vocab_size}, "
+            f"{scale.params / 1e6:.2f}M dense-equivalent parameters (N of METHOD 4)",
             f"budget: {tokens:,} tokens = {steps} steps x {batch_tokens:,} tokens "
             f"({tokens / scale.params:.3g} tokens/parameter)",
             how,
