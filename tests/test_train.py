@@ -1,10 +1,7 @@
 """The trainer: configs, resume, kills, signals, divergence, distributed equivalence."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,63 +9,18 @@ import pytest
 import torch
 
 from hyperp.cli import main
-from hyperp.data import prepare
 from hyperp.train import load_config
 from hyperp.train.checkpoint import list_checkpoints, load_model_weights
 from hyperp.train.trainer import TrainingDiverged, train
-from support import subprocess_env
-
-TINY = {
-    "model.depth": 2,
-    "model.width": 32,
-    "model.head_dim": 16,
-    "model.n_kv_heads": 2,
-    "model.context": 32,
-    "model.head_init_rule": "inverse_width",
-    "model.base_width": 64,
-    "train.batch_size": 8,
-    "train.seq_len": 32,
-    "train.log_every": 1,
-    "train.eval_every": 4,
-    "train.eval_batches": 2,
-    "train.checkpoint_every": 4,
-    "train.progress": False,
-    "train.monitor_every": 3,
-    "train.steps": 8,
-    "optim.base_lr": 0.03,
-}
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory) -> Path:
-    """A small real corpus: a few standard-library modules, BPE vocab 512."""
-    import sysconfig
-
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = [stdlib / name for name in ("argparse.py", "textwrap.py", "difflib.py", "shlex.py")]
-    return prepare(
-        files, tmp_path_factory.mktemp("corpus") / "tokens", vocab_size=512, val_fraction=0.3
-    )
-
-
-def config(corpus, **overrides):
-    return load_config(None, {**TINY, "data.path": str(corpus), **overrides})
-
-
-def logged(run_dir: Path, key="loss") -> dict[int, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r[key] for r in records if key in r}
-
-
-def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_model_weights(run_dir)[0]
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = final_weights(a), final_weights(b)
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        assert torch.equal(wa[name], wb[name]), name
+from training import (
+    assert_same_weights,
+    cli_args,
+    config,
+    final_weights,
+    logged,
+    run_cli,
+    torchrun,
+)
 
 
 def test_config_errors_name_the_fix(tmp_path):
@@ -210,22 +162,6 @@ def test_non_finite_loss_stops_with_the_checkpoint_intact(corpus, tmp_path, monk
     )
 
 
-def run_cli(args, **kwargs):
-    return subprocess.Popen(
-        [sys.executable, "-m", "hyperp", "train", *args],
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **kwargs,
-    )
-
-
-def cli_args(corpus, out, **overrides):
-    values = {**TINY, "data.path": str(corpus), **overrides}
-    return ["--config", "tiny", "--out", str(out)] + [f"--{k}={v}" for k, v in values.items()]
-
-
 def wait_for_checkpoint(run: Path, process, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -276,49 +212,31 @@ def test_cli_errors_are_one_line(corpus, tmp_path, capsys):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one(corpus, tmp_path, strategy):
-    # Same global batch, same data rows: the losses differ only by the order of floating-point
-    # reductions (gradient all-reduce vs one sum), ~1e-7 relative per step, grown over 8 steps.
+@pytest.mark.parametrize(("strategy", "nproc"), [("ddp", 2), ("fsdp", 2), ("hsdp", 4)])
+def test_several_processes_match_one(corpus, tmp_path, strategy, nproc):
+    # An MoE model with a shared expert (global balancing loss) and validation. Same global
+    # batch, same data rows: the losses differ only by the order of floating-point reductions
+    # (gradient reduce-scatter or all-reduce against one sum, sphere norms from per-rank partial
+    # sums), ~1e-7 relative per step, grown over 8 steps of Newton-Schulz.
     overrides = {"model.moe_sparsity": 2, "model.moe_granularity": 2, "train.eval_every": 4}
+    overrides["model.moe_shared_expert"] = True
     single = tmp_path / "single"
     train(config(corpus, **overrides), single)
     multi = tmp_path / strategy
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "hyperp",
-        "train",
-        *cli_args(corpus, multi, **overrides),
-        f"--train.distributed={strategy}",
-        "--train.threads=1",
-    ]
-    done = subprocess.run(
-        command,
-        env=subprocess_env(OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = torchrun(corpus, multi, nproc, strategy, **overrides, **{"train.shard_size": 2})
     assert done.returncode == 0, done.stdout + done.stderr
-    one, two = logged(single), logged(multi)
-    assert one.keys() == two.keys()
+    one, many = logged(single), logged(multi)
+    assert one.keys() == many.keys()
     for step in one:
-        assert two[step] == pytest.approx(one[step], rel=2e-4), step
-    val_one, val_two = logged(single, "val_loss"), logged(multi, "val_loss")
+        assert many[step] == pytest.approx(one[step], rel=2e-4), step
+    val_one, val_many = logged(single, "val_loss"), logged(multi, "val_loss")
     for step in val_one:
-        assert val_two[step] == pytest.approx(val_one[step], rel=2e-4)
+        assert val_many[step] == pytest.approx(val_one[step], rel=2e-4)
     summary = json.loads((multi / "summary.json").read_text())
-    assert summary["processes"] == 2
+    assert summary["processes"] == nproc
     wa, wb = final_weights(single), final_weights(multi)
     for name in wa:
         torch.testing.assert_close(wb[name], wa[name], rtol=1e-3, atol=1e-4)
-    os.environ.pop("OMP_NUM_THREADS", None)
 
 
 def test_gradient_accumulation_matches_one_big_batch(corpus, tmp_path):

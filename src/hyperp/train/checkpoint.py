@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import ReadItem
@@ -52,6 +53,8 @@ __all__ = [
     "list_checkpoints",
     "load_model_weights",
     "read_metadata",
+    "read_tensors",
+    "root_cause",
 ]
 
 MARKER = "checkpoint.json"
@@ -316,15 +319,34 @@ class Checkpointer:
                 planner=SafeLoadPlanner(),
                 no_dist=not self.distributed,
             )
-        except Exception as error:
+        except (Exception, CheckpointException) as error:
+            cause = root_cause(error)
+            if isinstance(cause, pickle.UnpicklingError):
+                raise CheckpointError(
+                    f"checkpoint {path} holds a value that is not plain data ({_first_line(cause)}"
+                    "); refusing to load it (the file may have been planted)"
+                ) from None
             raise CheckpointError(
-                f"checkpoint {path} does not fit this run ({_first_line(error)}); resume with "
+                f"checkpoint {path} does not fit this run ({_first_line(cause)}); resume with "
                 "the config the run was started with, or start a new run directory"
             ) from error
 
     def _barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost error: through ``raise ... from`` chains and DCP's per-rank failures."""
+    while True:
+        failures = getattr(error, "failures", None)  # CheckpointException: {rank: error}
+        if isinstance(failures, dict) and failures:
+            inner = next(iter(failures.values()))
+            error = inner[0] if isinstance(inner, tuple) else inner
+        elif error.__cause__ is not None:
+            error = error.__cause__
+        else:
+            return error
 
 
 def _first_line(error: BaseException) -> str:
@@ -353,15 +375,26 @@ def load_model_weights(
         raise ValueError(
             f"{run_dir} has no checkpoint of step {step}; it has steps {sorted(found)}"
         )
-    path = found[step]
+    return read_tensors(found[step], "model."), step
+
+
+def read_tensors(path: str | os.PathLike, prefix: str) -> dict[str, torch.Tensor]:
+    """Every tensor of one checkpoint whose key starts with ``prefix`` (``"model."``,
+    ``"optimizer.state."``), whole and on the CPU, keyed without the prefix; in one process,
+    whatever number of ranks saved it."""
+    path = Path(path)
     metadata = read_metadata(path)
-    weights = {}
-    for key, item in metadata.state_dict_metadata.items():
-        if key.startswith("model.") and isinstance(item, TensorStorageMetadata):
-            weights[key] = torch.empty(item.size, dtype=item.properties.dtype)
-    if not weights:
-        raise CheckpointError(f"checkpoint {path} holds no model weights")
+    tensors = {
+        key: torch.empty(item.size, dtype=item.properties.dtype)
+        for key, item in metadata.state_dict_metadata.items()
+        if key.startswith(prefix) and isinstance(item, TensorStorageMetadata)
+    }
+    if not tensors:
+        raise CheckpointError(f"checkpoint {path} holds no tensors under {prefix!r}")
     dcp.load(
-        weights, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner(), no_dist=True
+        tensors,
+        storage_reader=SafeFileSystemReader(path),
+        planner=SafeLoadPlanner(),
+        no_dist=True,
     )
-    return {key.removeprefix("model."): value for key, value in weights.items()}, step
+    return {key.removeprefix(prefix): value for key, value in tensors.items()}

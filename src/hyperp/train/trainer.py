@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
 from hyperp import monitor
 from hyperp.data import Corpus, TrainLoader, default_corpus, open_corpus, validation_batches
@@ -39,7 +40,7 @@ from hyperp.model import Transformer
 from hyperp.optim import GroupedOptimizer, build_optimizer
 from hyperp.optim.roles import assign_roles
 from hyperp.rules import lr_schedule
-from hyperp.train.checkpoint import Checkpointer, CheckpointError
+from hyperp.train.checkpoint import Checkpointer, CheckpointError, root_cause
 from hyperp.train.config import NON_TRAJECTORY_KEYS, RunConfig, RunPlan
 from hyperp.train.distributed import Distributed, parallelize, setup_distributed
 from hyperp.train.rundir import RunLock
@@ -510,28 +511,32 @@ class Trainer:
         train, dist = run.config.train, self.dist
         if not train.eval_batches:
             return record
+        shape = dict(batch_size=train.batch_size, context=train.seq_len, device=dist.device)
         batches = list(
             validation_batches(
                 run.corpus.val,
-                batch_size=train.batch_size,
-                context=train.seq_len,
                 max_batches=train.eval_batches,
                 rank=dist.rank,
                 world_size=dist.world_size,
-                device=dist.device,
+                **shape,
             )
         )
         total_batches = int(dist.sum([len(batches)])[0])
         rounds = math.ceil(total_batches / dist.world_size) if dist.enabled else len(batches)
+        # Sharded models need every rank in every forward: a rank with fewer batches runs a
+        # batch again and ignores the result.
+        spare = (
+            batches[0]
+            if batches
+            else next(validation_batches(run.corpus.val, max_batches=1, **shape))
+        )
         loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
         count = 0
         run.module.eval()
         with torch.no_grad():
             for index in range(rounds):
-                # Sharded models need every rank in every forward: a rank without a batch runs
-                # its first one again and ignores the result.
                 real = index < len(batches)
-                inputs, targets = batches[index] if real else batches[0]
+                inputs, targets = batches[index] if real else spare
                 with run.autocast():
                     logits = run.module(inputs).logits
                 if real:
@@ -549,7 +554,7 @@ class Trainer:
     def _checkpoint(self, run: _Run, step: int) -> None:
         try:
             run.checkpointer.save(step)
-        except Exception as error:
+        except (Exception, CheckpointException) as error:
             saved = run.checkpointer.latest()
             kept = f"step {saved[0]} in {saved[1]} is intact" if saved else "none was saved before"
             raise CheckpointError(
@@ -629,15 +634,9 @@ class _Clock:
 
 def _reason(error: BaseException) -> str:
     """The root cause of a (possibly wrapped) error, in one line."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    failures = getattr(error, "failures", None)  # DCP's CheckpointException: per-rank errors
-    if isinstance(failures, dict) and failures:
-        rank, failure = next(iter(failures.items()))
-        inner = failure[0] if isinstance(failure, tuple) else failure
-        return f"rank {rank}: {_reason(inner) if isinstance(inner, BaseException) else inner}"
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    cause = root_cause(error)
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0]}" if text else type(cause).__name__
 
 
 def train(
