@@ -304,3 +304,42 @@ def test_bad_options_are_clear():
         MuonH([nn.Parameter(torch.randn(3))])
     with pytest.raises(TypeError, match="unknown optimizer options"):
         MuonH([nn.Parameter(torch.randn(3, 3))], bogus=1)
+
+
+def test_cpu_newton_schulz_precision_is_the_faster_one():
+    from hyperp.optim.precision import choose_cpu_ns_dtype
+
+    def timer(times):
+        return lambda dtype, budget: times[dtype]
+
+    # A CPU with native bf16 (AVX512-BF16, AMX) runs it faster: bf16 is chosen.
+    dtype, why = choose_cpu_ns_dtype(timer({torch.float32: 0.66, torch.bfloat16: 0.26}))
+    assert dtype == torch.bfloat16 and "2.54x" in why
+    # An emulated bf16 is tens of times slower: fp32 is chosen.
+    dtype, why = choose_cpu_ns_dtype(timer({torch.float32: 0.013, torch.bfloat16: 0.9}))
+    assert dtype == torch.float32 and "fp32" in why
+    # A bf16 that is barely faster does not win: it also costs precision.
+    dtype, _ = choose_cpu_ns_dtype(timer({torch.float32: 0.11, torch.bfloat16: 0.1}))
+    assert dtype == torch.float32
+
+
+def test_cpu_precision_is_cached_per_machine(tmp_path, monkeypatch):
+    from hyperp.optim import precision
+
+    monkeypatch.delenv("HYPERP_CPU_NS_DTYPE", raising=False)
+    monkeypatch.setenv("HYPERP_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(
+        precision, "choose_cpu_ns_dtype", lambda: calls.append(1) or (torch.float32, "measured")
+    )
+    precision.cpu_ns_choice.cache_clear()
+    try:
+        assert precision.cpu_ns_dtype() == torch.float32
+        precision.cpu_ns_choice.cache_clear()  # a new process reads the cache
+        dtype, why = precision.cpu_ns_choice()
+        assert dtype == torch.float32 and "cached in" in why and len(calls) == 1
+        monkeypatch.setenv("HYPERP_CPU_NS_DTYPE", "bf16")
+        precision.cpu_ns_choice.cache_clear()
+        assert precision.cpu_ns_dtype() == torch.bfloat16
+    finally:
+        precision.cpu_ns_choice.cache_clear()

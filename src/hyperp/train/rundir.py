@@ -5,7 +5,9 @@ the holder dies, even by SIGKILL, so a lock whose holder is gone is simply taken
 into it who holds it (pid, host, start time) and a random token. Every other rank then reads the
 file through its own view of the filesystem and must find rank 0's token: ranks that were given
 different ``--out`` directories, or nodes that do not share the filesystem, stop with an error
-instead of training side by side and overwriting each other's files.
+instead of training side by side and overwriting each other's files. They wait up to
+``$HYPERP_SHARED_FS_TIMEOUT`` seconds (default 60) for the file to appear, since a network
+filesystem can show a new file late.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ __all__ = ["LOCK_NAME", "RunDirectoryError", "RunLock"]
 
 LOCK_NAME = "trainer.lock"
 # How long other ranks wait for rank 0's lock file to appear (network filesystems lag).
-VISIBILITY_TIMEOUT_S = 60.0
+TIMEOUT_VARIABLE = "HYPERP_SHARED_FS_TIMEOUT"
+DEFAULT_TIMEOUT_S = 60.0
 
 
 class RunDirectoryError(ValueError):
@@ -101,7 +104,9 @@ class RunLock:
             return
         seen = None
         if not self.dist.is_main:
-            deadline = time.monotonic() + VISIBILITY_TIMEOUT_S
+            deadline = time.monotonic() + float(
+                os.environ.get(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_S)
+            )
             while True:
                 seen = _read(self.path).get("token")
                 if seen == token or time.monotonic() > deadline:

@@ -480,8 +480,7 @@ class Trainer:
         """The metrics record of a logged step (else None)."""
         train, plan = run.config.train, run.plan
         clock.tokens += plan.batch_tokens
-        logged = step % train.log_every == 0 or step in (1, plan.steps)
-        if not (logged or result.indicators):
+        if not (self._log_step(run, step) or result.indicators):
             return None
         tokens_per_s = clock.throughput()
         record = {
@@ -501,10 +500,15 @@ class Trainer:
         record.update(result.indicators or {})
         return record
 
+    @staticmethod
+    def _log_step(run: _Run, step: int) -> bool:
+        return step % run.config.train.log_every == 0 or step in (1, run.plan.steps)
+
     def _write(self, run: _Run, step: int, record: dict | None, result: _Step) -> None:
         if record is not None and run.sinks is not None:
             run.sinks.write(record)
-        run.log.step(step, record, result.lm_loss, run.counters.val_loss)
+        line = record if self._log_step(run, step) else None
+        run.log.step(step, line, result.lm_loss, run.counters.val_loss)
 
     def _evaluate(self, run: _Run, step: int, record: dict | None) -> dict | None:
         """Mean validation loss per token; identical for any number of processes."""
