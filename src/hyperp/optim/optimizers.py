@@ -322,13 +322,13 @@ class GroupedOptimizer(Optimizer):
         weights = [local(p) for p in params]
         work = [w if w.dtype == torch.float32 else w.float() for w in weights]
         radii = [self.state[p]["radius"] for p in params]
-        direction_norms = reduce_slice_norms(layouts, grid, directions)
+        direction_norms = reduce_slice_norms(layouts, grid, directions, self.step_stats)
         for layout, w, d, radius, norm in zip(layouts, work, directions, radii, direction_norms):
             norm = _sphere_norm(norm, per_tensor).clamp_min(1e-30)  # a zero direction moves nothing
             step = lr * radius / norm / (1 - lr * weight_decay)
             view = layout.view(w)
             view.sub_(layout.view(d).float() * _local_slices(step, layout, grid))
-        weight_norms = reduce_slice_norms(layouts, grid, work)
+        weight_norms = reduce_slice_norms(layouts, grid, work, self.step_stats)
         for layout, w, radius, norm in zip(layouts, work, radii, weight_norms):
             layout.view(w).mul_(
                 _local_slices(radius / _sphere_norm(norm, per_tensor), layout, grid)

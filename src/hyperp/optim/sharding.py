@@ -217,7 +217,7 @@ def _piece(views: list[torch.Tensor], plan: WorkPlan, unit: Unit) -> torch.Tenso
 def _all_to_all(
     send: list[list[torch.Tensor]],
     receive_sizes: list[list[int]],
-    group: dist.ProcessGroup,
+    grid: Grid,
     like: torch.Tensor,
     stats: StepStats,
 ) -> list[list[torch.Tensor]]:
@@ -227,9 +227,10 @@ def _all_to_all(
     in_splits = [sum(p.numel() for p in pieces) for pieces in send]
     out_splits = [sum(sizes) for sizes in receive_sizes]
     receive = like.new_empty(sum(out_splits))
-    dist.all_to_all_single(receive, send_buffer, out_splits, in_splits, group=group)
-    stats.sent_bytes += send_buffer.numel() * send_buffer.element_size()
-    stats.received_bytes += receive.numel() * receive.element_size()
+    dist.all_to_all_single(receive, send_buffer, out_splits, in_splits, group=grid.shard_group)
+    me, size = grid.shard_rank, like.element_size()  # what stays on this rank is not traffic
+    stats.sent_bytes += (sum(in_splits) - in_splits[me]) * size
+    stats.received_bytes += (sum(out_splits) - out_splits[me]) * size
     out, offset = [], 0
     for sizes in receive_sizes:
         pieces = []
@@ -255,7 +256,7 @@ def _gather_split_matrices(plan: WorkPlan, views, like, stats) -> dict[Unit, tor
         [plan.layouts[u[0]].rows_on(s) * plan.layouts[u[0]].cols for u in mine]
         for s in range(grid.shard_size)
     ]
-    received = _all_to_all(send, sizes, grid.shard_group, like, stats)
+    received = _all_to_all(send, sizes, grid, like, stats)
     whole = {}
     for k, unit in enumerate(mine):
         layout = plan.layouts[unit[0]]
@@ -280,7 +281,7 @@ def _scatter_split_results(plan: WorkPlan, results, like, stats) -> dict[Unit, t
     ours = [u for u in plan.split_units if plan.replica_of(u) == grid.replica_rank]
     by_shard = [[u for u in ours if plan.shard_of(u) == s] for s in range(grid.shard_size)]
     sizes = [[plan.size_here(u) for u in units] for units in by_shard]
-    received = _all_to_all(send, sizes, grid.shard_group, like, stats)
+    received = _all_to_all(send, sizes, grid, like, stats)
     return {
         u: piece for units, pieces in zip(by_shard, received) for u, piece in zip(units, pieces)
     }
@@ -300,8 +301,9 @@ def _exchange_replicas(plan: WorkPlan, results, like, stats) -> dict[Unit, torch
         torch.cat(mine, out=buffer[: lengths[grid.replica_rank]])
     gathered = like.new_empty(width * grid.replica_size)
     dist.all_gather_single(gathered, buffer, group=grid.replica_group)
-    stats.sent_bytes += buffer.numel() * buffer.element_size()
-    stats.received_bytes += gathered.numel() * gathered.element_size()
+    others = grid.replica_size - 1  # this rank's results reach each other replica once
+    stats.sent_bytes += others * lengths[grid.replica_rank] * buffer.element_size()
+    stats.received_bytes += (sum(lengths) - lengths[grid.replica_rank]) * buffer.element_size()
     out = dict(results)
     for replica, units in enumerate(owned):
         offset = replica * width
@@ -354,7 +356,10 @@ def orthogonalize(
 
 
 def reduce_slice_norms(
-    layouts: list[MatrixLayout], grid: Grid, tensors: list[torch.Tensor]
+    layouts: list[MatrixLayout],
+    grid: Grid,
+    tensors: list[torch.Tensor],
+    stats: StepStats | None = None,
 ) -> list[torch.Tensor]:
     """Frobenius norm of every matrix (all ``count`` slices of each parameter, in fp32), from
     this rank's parts: partial sums of squares, summed over the shard group."""
@@ -368,4 +373,7 @@ def reduce_slice_norms(
     flat = torch.cat(partials)
     if grid.shard_size > 1:
         dist.all_reduce(flat, group=grid.shard_group)
+        if stats is not None:
+            stats.sent_bytes += flat.numel() * flat.element_size()
+            stats.received_bytes += flat.numel() * flat.element_size()
     return list(flat.sqrt().split([layout.count for layout in layouts]))

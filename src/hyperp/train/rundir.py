@@ -104,9 +104,7 @@ class RunLock:
             return
         seen = None
         if not self.dist.is_main:
-            deadline = time.monotonic() + float(
-                os.environ.get(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_S)
-            )
+            deadline = time.monotonic() + float(os.environ.get(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_S))
             while True:
                 seen = _read(self.path).get("token")
                 if seen == token or time.monotonic() > deadline:

@@ -478,7 +478,7 @@ class Trainer:
 
     def _record(self, run: _Run, step: int, result: _Step, clock: _Clock) -> dict | None:
         """The metrics record of a logged step (else None)."""
-        train, plan = run.config.train, run.plan
+        plan = run.plan
         clock.tokens += plan.batch_tokens
         if not (self._log_step(run, step) or result.indicators):
             return None
