@@ -343,3 +343,36 @@ def test_cpu_precision_is_cached_per_machine(tmp_path, monkeypatch):
         assert precision.cpu_ns_dtype() == torch.bfloat16
     finally:
         precision.cpu_ns_choice.cache_clear()
+
+
+@pytest.mark.parametrize("method", ["hyperp", "muon", "adamw"])
+def test_dcp_state_dict_round_trip_into_a_fresh_optimizer(method, tmp_path):
+    # torch.distributed.checkpoint's get/set_state_dict: keys are parameter names, and the
+    # loading optimizer is fresh (its state must already be complete for DCP to fill it).
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    data = batches(12, seed=4)
+    model, opt, _ = fresh(method)
+    straight_model, straight_opt, _ = fresh(method)
+    train(model, opt, data[:5])
+    straight = train(straight_model, straight_opt, data)
+    model_state, optim_state = get_state_dict(model, opt)
+    assert any(
+        key.startswith("up.weight") or "up.weight" in str(key) for key in optim_state["state"]
+    )
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp_path, no_dist=True)
+
+    torch.manual_seed(999)
+    model2 = TinyLM()
+    opt2 = build_optimizer(model2, method, lr=0.03, weight_decay=0.05)
+    model_state2, optim_state2 = get_state_dict(model2, opt2)
+    state = {"model": model_state2, "optim": optim_state2}
+    dcp.load(state, checkpoint_id=tmp_path, no_dist=True)
+    set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    assert train(model2, opt2, data[5:]) == straight[5:]
+    for (name, a), b in zip(straight_model.named_parameters(), model2.parameters()):
+        assert torch.equal(a, b), name
+    if method == "hyperp":
+        assert opt2.radius(model2.bank.weight).dtype == torch.float32
+        assert torch.equal(opt2.radius(model2.bank.weight), opt.radius(model.bank.weight))
