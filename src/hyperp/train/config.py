@@ -27,6 +27,7 @@ __all__ = [
     "RunConfig",
     "RunPlan",
     "TrainConfig",
+    "coerce",
     "load_config",
     "parse_overrides",
     "read_run_config",
@@ -262,7 +263,7 @@ class RunConfig:
             if not isinstance(table, dict):
                 raise ValueError(f"config section [{name}] must be a table, got {table!r}")
             _check_keys(name, section_class, table)
-            built[name] = section_class(**table)
+            built[name] = section_class(**{k: coerce(name, k, v) for k, v in table.items()})
         return cls(**built)
 
     def plan(self) -> RunPlan:
@@ -376,14 +377,39 @@ def _field_types(section_class: type) -> dict[str, Any]:
     return typing.get_type_hints(section_class)
 
 
-def _parse_value(text: str, annotation: Any, key: str) -> Any:
-    """Turn an override string into the field's type (int, float, bool, str, or X | None)."""
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def coerce(section: str, key: str, value: Any) -> Any:
+    """``value`` as the type of config field ``section.key``: text (from the command line) is
+    parsed; other values (from TOML or Python) must already have the type. A bool is not an
+    integer, and a float is not an integer even when whole (``steps = 2.0`` is refused)."""
+    annotation = _field_types(SECTIONS[section])[key]
     options = (
         typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
     )
-    if type(None) in options and text.lower() in ("none", "null", ""):
-        return None
+    optional = type(None) in options
     base = next(t for t in options if t is not type(None))
+    if value is None and optional:
+        return None
+    if isinstance(value, str) and base is not str:
+        return _parse_text(value, base, optional, f"{section}.{key}")
+    valid = (
+        isinstance(value, base) and not (base is int and isinstance(value, bool))
+        if base is not float
+        else isinstance(value, int | float) and not isinstance(value, bool)
+    )
+    if not valid:
+        raise ValueError(
+            f"{section}.{key} must be {_TYPE_NAMES.get(base, base.__name__)}"
+            f"{' or none' if optional else ''}, got {value!r} ({type(value).__name__})"
+        )
+    return float(value) if base is float else value
+
+
+def _parse_text(text: str, base: type, optional: bool, name: str) -> Any:
+    if optional and text.lower() in ("none", "null", ""):
+        return None
     try:
         if base is bool:
             lowered = text.lower()
@@ -392,22 +418,27 @@ def _parse_value(text: str, annotation: Any, key: str) -> Any:
             if lowered in ("0", "false", "no", "off"):
                 return False
             raise ValueError
+        number = parse_number(text)
         if base is int:
-            number = parse_number(text)
             if number != int(number):
                 raise ValueError
             return int(number)
-        if base is float:
-            return float(parse_number(text))
-        return text
+        return float(number)
     except (ValueError, OverflowError):
-        kind = getattr(base, "__name__", str(base))
-        raise ValueError(f"--{key} {text!r} is not a valid {kind}") from None
+        raise ValueError(
+            f"--{name} {text!r} is not a valid {base.__name__} "
+            f"(expected {_TYPE_NAMES.get(base, base.__name__)})"
+        ) from None
 
 
-def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+def parse_overrides(
+    items: list[str] | dict[str, Any] | None, sections: tuple[str, ...] | None = None
+) -> dict[str, dict[str, Any]]:
     """``["--train.steps", "100", "--model.width=64"]`` (or ``{"train.steps": 100}``) to nested
-    typed values. Unknown sections or keys are errors that name the closest valid key."""
+    typed values: the one override parser of every verb. ``sections`` limits which sections may
+    be set. Unknown sections or keys are errors that name the closest valid key; values of the
+    wrong type are errors that name the expected type."""
+    allowed = sections or tuple(SECTIONS)
     pairs: list[tuple[str, Any]] = []
     if isinstance(items, dict):
         pairs = list(items.items())
@@ -430,15 +461,13 @@ def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict[str, dict[
     nested: dict[str, dict[str, Any]] = {}
     for key, value in pairs:
         section, _, name = key.partition(".")
-        if section not in SECTIONS or not name:
+        if section not in allowed or not name:
             raise ValueError(
                 f"unknown override --{key}; overrides look like --SECTION.KEY VALUE with SECTION "
-                f"one of {', '.join(SECTIONS)}"
+                f"{'one of ' if len(allowed) > 1 else ''}{', '.join(allowed)}"
             )
         _check_keys(section, SECTIONS[section], {name: None})
-        if isinstance(value, str):
-            value = _parse_value(value, _field_types(SECTIONS[section])[name], key)
-        nested.setdefault(section, {})[name] = value
+        nested.setdefault(section, {})[name] = coerce(section, name, value)
     return nested
 
 
