@@ -47,7 +47,7 @@ def test_config_errors_name_the_fix(tmp_path):
         ('[train]\nsteps = "100"\n', None),  # text is parsed, as on the command line
         ("[optim]\nbase_lr = true\n", r"optim.base_lr must be a number, got True"),
         ("[train]\ncompile = 1\n", r"train.compile must be true or false, got 1"),
-        ('[model]\nhead_init_rule = 3\n', r"model.head_init_rule must be a string, got 3"),
+        ("[model]\nhead_init_rule = 3\n", r"model.head_init_rule must be a string, got 3"),
     ]:
         bad.write_text(text)
         if message is None:

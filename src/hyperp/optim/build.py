@@ -38,22 +38,30 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     """The model's trainable parameters split by role (and matrix layout).
 
-    Each group is a dict with ``role`` (a :class:`Role` value string), ``layout``, ``params``
+    Each group is a dict with ``role`` (a :class:`Role` value string), ``layout``,
+    ``transposed`` (matrices stored ``in x out``), ``params``
     (tensors) and ``param_names``, ready to pass to any ``torch.optim`` optimizer after adding
     options. Empty roles are left out. See :func:`hyperp.optim.assign_roles` for how roles are
     found and overridden.
     """
-    grouped: dict[tuple[Role, str], dict[str, Any]] = {}
+    grouped: dict[tuple[Role, str, bool], dict[str, Any]] = {}
     for info in assign_roles(model, head=head, roles=roles):
         layout = info.layout if info.role.on_sphere else "batch"
+        transposed = info.transposed and info.role.on_sphere
         group = grouped.setdefault(
-            (info.role, layout),
-            {"role": info.role.value, "layout": layout, "params": [], "param_names": []},
+            (info.role, layout, transposed),
+            {
+                "role": info.role.value,
+                "layout": layout,
+                "transposed": transposed,
+                "params": [],
+                "param_names": [],
+            },
         )
         group["params"].append(info.param)
         group["param_names"].append(info.name)
     order = {role: i for i, role in enumerate(Role)}
-    return [grouped[key] for key in sorted(grouped, key=lambda k: (order[k[0]], k[1]))]
+    return [grouped[key] for key in sorted(grouped, key=lambda k: (order[k[0]], *k[1:]))]
 
 
 def build_optimizer(

@@ -72,6 +72,7 @@ _DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
     "sphere": "matrix",
     "layout": "batch",
+    "transposed": False,
     "ns_steps": 5,
     "ns_coefficients": "hyperp",
     "ns_dtype": None,
@@ -88,7 +89,8 @@ class GroupedOptimizer(Optimizer):
     ``momentum``, ``nesterov`` (muonh, muon); ``betas``, ``eps`` (adamh, adam); ``weight_decay``;
     ``sphere`` ("matrix": one sphere per 2-D slice, or "tensor": one per parameter);
     ``layout`` ("batch": leading dims index matrices, or "flatten": ``shape[0] x rest``);
-    ``ns_steps``, ``ns_coefficients``, ``ns_dtype``; ``scale`` and ``decay`` (muon only).
+    ``transposed`` (matrices stored ``in x out``: fan-in first); ``ns_steps``,
+    ``ns_coefficients``, ``ns_dtype``; ``scale`` and ``decay`` (muon only).
 
     ``replicate_group``: the process group over which plain (non-DTensor) parameters are
     replicated, as under DDP; Newton-Schulz is then split across its ranks. DTensor parameters
@@ -138,6 +140,8 @@ class GroupedOptimizer(Optimizer):
             raise ValueError(f"layout must be 'batch' or 'flatten', got {group['layout']!r}")
         if group["scale"] not in ("spectral", "torch", "none"):
             raise ValueError(f"scale must be 'spectral', 'torch' or 'none', got {group['scale']!r}")
+        if not isinstance(group["transposed"], bool):
+            raise ValueError(f"transposed must be True or False, got {group['transposed']!r}")
         if group["decay"] not in ("independent", "coupled"):
             raise ValueError(f"decay must be 'independent' or 'coupled', got {group['decay']!r}")
         # Kept as a name ("bf16", "fp32") so that a saved state dict holds plain data only.
@@ -351,8 +355,11 @@ class GroupedOptimizer(Optimizer):
         if decay:
             torch._foreach_mul_(weights, 1 - decay)
         for layout, weight, direction in zip(layouts, weights, directions):
+            fan_out, fan_in = layout.rows, layout.cols
+            if group["transposed"]:
+                fan_out, fan_in = fan_in, fan_out
             if group["scale"] == "spectral":
-                scale = math.sqrt(layout.rows / layout.cols)
+                scale = math.sqrt(fan_out / fan_in)
             elif group["scale"] == "torch":
                 scale = math.sqrt(max(1.0, layout.rows / layout.cols))
             else:
@@ -376,10 +383,11 @@ class GroupedOptimizer(Optimizer):
                     radius_text = (
                         f"{radius.min().item():.4g}..{radius.max().item():.4g} (x{radius.numel()})"
                     )
+                role = str(group.get("role") or "-")
                 rows.append(
                     (
                         name,
-                        str(group.get("role") or "-"),
+                        role + (" (in x out)" if group["transposed"] else ""),
                         group["algorithm"],
                         "x".join(str(s) for s in p.shape),
                         radius_text,
