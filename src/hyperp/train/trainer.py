@@ -17,6 +17,7 @@ A run directory is the contract with everything downstream (DESIGN.md):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -562,10 +563,21 @@ class Trainer:
             saved = run.checkpointer.latest()
             kept = f"step {saved[0]} in {saved[1]} is intact" if saved else "none was saved before"
             raise CheckpointError(
-                f"could not write the checkpoint of step {step} ({_reason(error)}); the previous "
-                f"checkpoint ({kept}). Free space or fix permissions under {self.checkpoint_dir}, "
-                "then rerun the same command to resume."
+                f"could not write the checkpoint of step {step} ({self._save_failure(error, saved)}"
+                f"); the previous checkpoint ({kept}). Free space or fix permissions under "
+                f"{self.checkpoint_dir}, then rerun the same command to resume."
             ) from error
+
+    def _save_failure(self, error: BaseException, saved: tuple[int, Path] | None) -> str:
+        """Why a save failed, naming a full disk even when the writer's error does not."""
+        cause = root_cause(error)
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            return f"No space left on device under {self.checkpoint_dir}"
+        free = shutil.disk_usage(self.checkpoint_dir).free
+        needed = sum(f.stat().st_size for f in saved[1].iterdir()) if saved else 0
+        if free < max(needed, 1 << 20):
+            return f"No space left on device: {free // 1024} KiB free, a checkpoint takes about {needed // 1024} KiB"
+        return _reason(cause)
 
     def _stopped(self, run: _Run, step: int, stop: _StopFlag) -> RunResult:
         run.checkpointer.wait()
