@@ -291,29 +291,7 @@ class Trainer:
         parallel = parallelize(model, dist, train.distributed, shard_size)
         module = torch.compile(parallel.module) if train.compile else parallel.module
         ns_dtype, ns_reason = self._ns_dtype(config)
-        optimizer = build_optimizer(
-            model,
-            config.optim.method,
-            plan.lr,
-            weight_decay=config.optim.weight_decay,
-            depth_ratio=plan.depth_ratio,
-            momentum=config.optim.momentum,
-            betas=(config.optim.beta1, config.optim.beta2),
-            eps=config.optim.eps,
-            sphere=config.optim.sphere,
-            ns_dtype=ns_dtype,
-            roles=roles,
-            replicate_group=parallel.replicate_group,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: lr_schedule(
-                step,
-                plan.steps,
-                warmup_steps=config.optim.warmup_steps,
-                final_fraction=config.optim.final_lr_fraction,
-            ),
-        )
+        optimizer, scheduler = _optimizer(config, plan, model, roles, parallel, ns_dtype)
         loader = TrainLoader(
             self._corpus.train,
             batch_size=train.batch_size,
@@ -645,6 +623,35 @@ class Trainer:
             "corpus": _corpus_summary(run.corpus),
             "config": config.to_dict(),
         }
+
+
+def _optimizer(config: RunConfig, plan: RunPlan, model, roles, parallel, ns_dtype: str):
+    """The method's optimizer (METHOD.md 2) and its LR schedule (METHOD.md 4)."""
+    optim = config.optim
+    optimizer = build_optimizer(
+        model,
+        optim.method,
+        plan.lr,
+        weight_decay=optim.weight_decay,
+        depth_ratio=plan.depth_ratio,
+        momentum=optim.momentum,
+        betas=(optim.beta1, optim.beta2),
+        eps=optim.eps,
+        sphere=optim.sphere,
+        ns_dtype=ns_dtype,
+        roles=roles,
+        replicate_group=parallel.replicate_group,
+    )
+
+    def schedule(step: int) -> float:
+        return lr_schedule(
+            step,
+            plan.steps,
+            warmup_steps=optim.warmup_steps,
+            final_fraction=optim.final_lr_fraction,
+        )
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 class _Clock:
