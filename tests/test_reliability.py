@@ -112,20 +112,28 @@ def test_many_kills_at_random_moments_change_nothing(corpus, tmp_path):
     chance = random.Random(1234)
     kills = in_saves = 0
     for _ in range(60):
+        launched = time.time()
         process = run_cli(cli_args(corpus, run, **overrides))
         if kills < 12:
-            # a random moment, or the moment a save is under way
-            target_save = chance.random() < 0.4
-            deadline = time.time() + chance.uniform(1.0, 4.0)
+            # After training has started: a random moment, or the moment a save is under way.
+            started = time.time() + 120
+            while process.poll() is None and time.time() < started:
+                if (run / "metrics.jsonl").exists() and list_checkpoints(run / "checkpoints"):
+                    break
+                time.sleep(0.01)
+            target_save = chance.random() < 0.5
+            deadline = time.time() + chance.uniform(0.0, 2.0)
             while process.poll() is None and time.time() < deadline:
                 if target_save and list((run / "checkpoints").glob(".step_*.partial")):
                     break
-                time.sleep(0.01)
+                time.sleep(0.002)
             if process.poll() is None:
-                in_save = bool(list((run / "checkpoints").glob(".step_*.partial")))
                 process.send_signal(signal.SIGKILL)
                 process.wait()
-                kills, in_saves = kills + 1, in_saves + in_save
+                kills += 1
+                # a save that this kill interrupted leaves its partial directory behind
+                partial = (run / "checkpoints").glob(".step_*.partial")
+                in_saves += any(path.stat().st_mtime >= launched for path in partial)
                 continue
         output, _ = process.communicate(timeout=600)
         assert process.returncode == 0, output
