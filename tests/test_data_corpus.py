@@ -13,6 +13,8 @@ import pytest
 from hyperp.data import TokenSource, open_corpus, prepare, write_llmc_shard
 from hyperp.data.corpus import LLMC_MAGIC
 
+pytestmark = pytest.mark.filterwarnings("ignore:the validation split has only:UserWarning")
+
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:

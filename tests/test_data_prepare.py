@@ -8,6 +8,8 @@ import math
 import os
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,9 @@ import pytest
 
 from hyperp.data import EOT_TOKEN, open_corpus, prepare
 
+pytestmark = pytest.mark.filterwarnings("ignore:the validation split has only:UserWarning")
+
+HYPERP = [sys.executable, "-m", "hyperp"]
 WORDS = [
     "the",
     "cat",
@@ -184,7 +189,7 @@ def test_vocab_too_small_and_bad_options_are_clear_errors(tmp_path):
     _write_docs(tmp_path / "text", 2)
     with pytest.raises(ValueError, match=r"vocab size 100 is too small.*--vocab-size 257"):
         prepare([tmp_path / "text"], tmp_path / "out", vocab_size=100)
-    with pytest.raises(ValueError, match="val fraction"):
+    with pytest.raises(ValueError, match="--val-fraction must be in"):
         prepare([tmp_path / "text"], tmp_path / "out", val_fraction=1.0)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy/notes.md").write_text("mine")
@@ -385,7 +390,7 @@ def test_validation_split_holds_the_requested_share_of_the_text(tmp_path):
     rng = random.Random(5)
     (tmp_path / "in").mkdir()
     (tmp_path / "in/book.txt").write_text(
-        "\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(6000))
+        "\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(3000))
     )
     _write_docs(tmp_path / "in/notes", 30, words=60)
     out = prepare([tmp_path / "in"], tmp_path / "out", vocab_size=300, val_fraction=0.1)
@@ -429,9 +434,8 @@ def test_a_small_validation_split_warns_and_names_the_option(tmp_path):
 
 
 def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, capsys):
-    import hyperp.data.progress as progress
-
     import hyperp.cli as cli
+    import hyperp.data.progress as progress
 
     monkeypatch.setattr(progress, "LINE_SECONDS", 0.0)
     monkeypatch.setattr(cli, "VERBS", {"prepare": "hyperp.cli.prepare"})
@@ -447,17 +451,27 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, cap
 
 
 def test_progress_bar_on_a_terminal(tmp_path):
+    import fcntl
     import pty
-    import subprocess
-    import sys
+    import struct
+    import termios
 
     from support import subprocess_env
 
     _write_docs(tmp_path / "text", 20)
     leader, follower = pty.openpty()
+    # A terminal 100 columns wide (a fresh pseudo-terminal has none).
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
     process = subprocess.Popen(
-        [sys.executable, "-m", "hyperp", "prepare", str(tmp_path / "text")]
-        + ["--out", str(tmp_path / "o"), "--vocab-size", "300"],
+        [
+            *HYPERP,
+            "prepare",
+            str(tmp_path / "text"),
+            "--out",
+            str(tmp_path / "o"),
+            "--vocab-size",
+            "300",
+        ],
         env=subprocess_env(),
         stderr=follower,
         stdout=subprocess.DEVNULL,

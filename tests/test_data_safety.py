@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import pickle
 import random
 import re
 import signal
@@ -21,8 +19,30 @@ import pytest
 
 from hyperp.data import open_corpus, prepare
 from support import subprocess_env
+from test_bad_inputs import pickle_payload, tree_state
 
-WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "dogs", "ran", "far", "away", "from", "every", "loud", "noise", "in", "town"]
+pytestmark = pytest.mark.filterwarnings("ignore:the validation split has only:UserWarning")
+
+HYPERP = [sys.executable, "-m", "hyperp"]
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "while",
+    "dogs",
+    "ran",
+    "far",
+    "away",
+    "from",
+    "every",
+    "loud",
+    "noise",
+    "in",
+    "town",
+]
 
 
 def _write_docs(directory: Path, count: int, words: int = 150, seed: int = 0) -> Path:
@@ -34,34 +54,8 @@ def _write_docs(directory: Path, count: int, words: int = 150, seed: int = 0) ->
     return directory
 
 
-def tree_state(root: Path) -> dict[str, tuple]:
-    """Every entry under ``root``: kind, mode and, for files, size, mtime and content hash."""
-    state = {}
-    for directory, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(directory) / name
-            info = path.lstat()
-            key = path.relative_to(root).as_posix()
-            if path.is_file() and not path.is_symlink():
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                state[key] = ("file", info.st_mode, info.st_size, info.st_mtime_ns, digest)
-            else:
-                state[key] = ("other", info.st_mode)
-    return state
-
-
-class Payload:
-    """Unpickling this creates ``marker``: proof that a loader ran code from a file."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def _hostile(marker: Path) -> bytes:
-    data = pickle.dumps(Payload(marker))
+    data = pickle_payload(marker)
     assert not marker.exists()
     return data
 
@@ -196,8 +190,16 @@ def test_a_write_error_keeps_the_earlier_preparation(prepared, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     result = subprocess.run(
-        [sys.executable, "-m", "hyperp", "prepare", str(text), "--out", str(out)]
-        + ["--tokenizer", str(prepared / "tokenizer.json"), "--quiet"],
+        [
+            *HYPERP,
+            "prepare",
+            str(text),
+            "--out",
+            str(out),
+            "--quiet",
+            "--tokenizer",
+            str(prepared / "tokenizer.json"),
+        ],
         env=subprocess_env(),
         capture_output=True,
         text=True,
@@ -217,8 +219,17 @@ def test_a_write_error_keeps_the_earlier_preparation(prepared, tmp_path):
 
 def _start_prepare(text: Path, out: Path, tokenizer: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "hyperp", "prepare", str(text), "--out", str(out)]
-        + ["--tokenizer", str(tokenizer), "--shard-tokens", "20000"],
+        [
+            *HYPERP,
+            "prepare",
+            str(text),
+            "--out",
+            str(out),
+            "--tokenizer",
+            str(tokenizer),
+            "--shard-tokens",
+            "20000",
+        ],
         env=subprocess_env(),
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -242,7 +253,7 @@ def _wait_for_encoding(process: subprocess.Popen) -> list[str]:
 
 def test_ctrl_c_and_kill_during_prepare_leave_the_old_preparation(prepared, tmp_path):
     out = _copy(prepared, tmp_path / "out")
-    text = _write_docs(tmp_path / "text", 60, words=15_000, seed=1)
+    text = _write_docs(tmp_path / "text", 36, words=15_000, seed=1)  # ~2.5M characters
     before = tree_state(out)
 
     process = _start_prepare(text, out, prepared / "tokenizer.json")
@@ -292,8 +303,15 @@ def test_broken_pipe_ends_quietly(prepared, tmp_path):
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before hyperp prints: `hyperp prepare ... | head -c0`
     result = subprocess.run(
-        [sys.executable, "-m", "hyperp", "prepare", str(prepared.parent / "text")]
-        + ["--out", str(tmp_path / "out"), "--vocab-size", "300"],
+        [
+            *HYPERP,
+            "prepare",
+            str(prepared.parent / "text"),
+            "--out",
+            str(tmp_path / "out"),
+            "--vocab-size",
+            "300",
+        ],
         env=subprocess_env(),
         stdout=write_end,
         stderr=subprocess.PIPE,
