@@ -395,6 +395,16 @@ CASES = [
         r"meta\.json is malformed \(expected a JSON object",
     ),
     BadInput(
+        "open-meta-deeply-nested",
+        lambda s: api(open_corpus, s.file("c/meta.json", "[" * 100_000 + "]" * 100_000).parent),
+        r"meta\.json is not valid JSON \(RecursionError\)",
+    ),
+    BadInput(
+        "open-meta-split-not-an-object",
+        lambda s: api(open_corpus, s.edit_meta(s.prepared(), lambda m: m["splits"].update(val=[]))),
+        r"meta\.json is malformed \(splits\.val\.shards is not a list",
+    ),
+    BadInput(
         "open-meta-shard-outside",
         lambda s: api(
             open_corpus,

@@ -272,8 +272,8 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     rerun = f"re-create it with `hyperp prepare ... --out {directory}`"
     try:
         meta = json.loads(meta_path.read_bytes())
-    except ValueError as error:  # JSON syntax, or bytes that are not even UTF-8 text
-        reason = error.msg if isinstance(error, json.JSONDecodeError) else "not UTF-8 text"
+    except (ValueError, RecursionError) as error:  # bad syntax, not UTF-8, absurdly nested
+        reason = error.msg if isinstance(error, json.JSONDecodeError) else type(error).__name__
         raise ValueError(f"{meta_path} is not valid JSON ({reason}); {rerun}") from None
     except OSError as error:
         raise ValueError(f"cannot read {meta_path}: {error.strerror}; {rerun}") from None
@@ -302,7 +302,8 @@ def _read_meta(directory: Path) -> dict[str, Any]:
         raise malformed(f"tokenizer {meta.get('tokenizer')!r} is not a plain file name")
     splits = meta.get("splits", {})
     for split in ("train", "val"):
-        entries = splits.get(split, {}).get("shards", []) if isinstance(splits, dict) else None
+        split_meta = splits.get(split, {}) if isinstance(splits, dict) else None
+        entries = split_meta.get("shards", []) if isinstance(split_meta, dict) else None
         if not isinstance(entries, list):
             raise malformed(f"splits.{split}.shards is not a list")
         for entry in entries:

@@ -239,7 +239,10 @@ def _swap(staging: Path, out: Path) -> None:
                 shutil.rmtree(retired, ignore_errors=True)
             else:
                 os.rename(staging, out)
-        except OSError as error:
-            raise _write_failure(out, error) from None
+        except OSError as error:  # e.g. --out is a mount point, which cannot be renamed
+            raise ValueError(
+                f"cannot move the new preparation into {out}: {error.strerror or error}; choose "
+                "an --out that is an ordinary directory; the previous preparation is unchanged"
+            ) from None
         for leftover in _leftovers(out, "partial") + _leftovers(out, "replaced"):
             shutil.rmtree(leftover, ignore_errors=True)

@@ -74,7 +74,7 @@ class VerificationRecords:
         # no record, so the shards are simply verified again.
         try:
             stored = json.loads(self.path.read_bytes())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
         if not isinstance(stored, dict) or stored.get("version") != _RECORDS_VERSION:
             return {}
