@@ -317,7 +317,6 @@ def _scan(source: DocumentSource, seed: int, progress: Progress) -> _Scan:
             scan.keys.append(_split_key(seed, piece))
             scan.characters.append(len(piece))
         progress.update(len(document.text))
-    progress.close()
     return scan
 
 
@@ -416,9 +415,7 @@ def _train_on_training_pieces(
                 progress.update(len(text))
                 yield text
 
-    tokenizer = train_tokenizer(training_texts(), vocab_size)
-    progress.close()
-    return tokenizer
+    return train_tokenizer(training_texts(), vocab_size)
 
 
 def _encode_into(
@@ -449,7 +446,6 @@ def _encode_into(
         writer = writers["val"] if is_val[index] else writers["train"]
         writer.add_piece(index, document, first, ids, len(text))
         progress.update(len(text))
-    progress.close()
     for writer in writers.values():
         writer.close()
     return writers
@@ -532,8 +528,8 @@ def prepare(
 
     # Pass 1: pieces and their split keys; then the split.
     say(f"reading {len(files)} files" + (f" and dataset {hf_dataset}" if hf_dataset else ""))
-    reading = Progress("reading", _estimated_input_size(files), mode=progress, log=log)
-    scan = _scan(source, seed, reading)
+    with Progress("reading", _estimated_input_size(files), mode=progress, log=log) as reading:
+        scan = _scan(source, seed, reading)
     if not scan.keys:
         raise _no_input_error(inputs, hf_dataset, [], binary)
     characters = np.frombuffer(scan.characters, dtype=np.int64)
@@ -542,8 +538,9 @@ def prepare(
 
     # Pass 2: the tokenizer.
     if given_tokenizer is None:
-        training = Progress("tokenizer", int(characters[~is_val].sum()), mode=progress, log=log)
-        tok = _train_on_training_pieces(source, scan, is_val, vocab_size, training)
+        training_chars = int(characters[~is_val].sum())
+        with Progress("tokenizer", training_chars, mode=progress, log=log) as training:
+            tok = _train_on_training_pieces(source, scan, is_val, vocab_size, training)
         tokenizer_source = "trained"
     else:
         tok = given_tokenizer
@@ -556,8 +553,8 @@ def prepare(
 
     # Pass 3: encode and write, into a staging directory swapped in at the end.
     with staged_directory(target) as staging:
-        encoding = Progress("encoding", total_chars, mode=progress, log=log)
-        writers = _encode_into(staging, source, scan, is_val, tok, shard_tokens, encoding)
+        with Progress("encoding", total_chars, mode=progress, log=log) as encoding:
+            writers = _encode_into(staging, source, scan, is_val, tok, shard_tokens, encoding)
         write_output(staging / "tokenizer.json", tok.to_str(pretty=True).encode())
         elapsed = time.perf_counter() - started
         meta = {

@@ -34,7 +34,11 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    """Counts ``done`` of ``total`` units for one phase and shows it as ``mode`` says."""
+    """Counts ``done`` of ``total`` units for one phase and shows it as ``mode`` says.
+
+    Use it as a context manager: on success it prints the final line (or completes the bar); on
+    an error or Ctrl-C it only ends the bar's line.
+    """
 
     def __init__(
         self,
@@ -80,14 +84,28 @@ class Progress:
             self.done = max(self.done, self.total)
             self._line()
 
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.close()
+        elif self.bar is not None:
+            self.bar.close()  # end the bar's line, so that an error message starts on its own
+
     def _line(self) -> None:
         now = time.monotonic()
         self.last_line = now
         elapsed = now - self.started
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = _clock((self.total - self.done) / rate) if rate > 0 else "?"
         percent = 100.0 * min(self.done, self.total) / self.total
-        self.log(
-            f"{self.phase} {percent:3.0f}% ({_human(self.done)} of {_human(self.total)} "
-            f"{self.unit}, {_human(rate)}/s, ETA {eta})"
+        head = (
+            f"{self.phase} {percent:3.0f}% ({_human(self.done)} of {_human(self.total)} {self.unit}"
         )
+        if self.done == 0:
+            self.log(head + ")")
+        elif self.done >= self.total:
+            self.log(f"{head} in {_clock(elapsed)}, {_human(rate)}/s)")
+        else:
+            eta = _clock((self.total - self.done) / rate)
+            self.log(f"{head}, {_human(rate)}/s, ETA {eta})")
