@@ -170,6 +170,11 @@ def _llmc(scene: Scene, name: str, tokens, **header) -> Path:
     return path
 
 
+def then(*steps):
+    """Build a scene in steps (evaluated left to right); the last step is what the case runs."""
+    return steps[-1]
+
+
 def api(function: Callable, *args, **kwargs) -> Callable[[], object]:
     """A Python API call whose arguments (and so the scene) are built now, run later."""
     return lambda: function(*args, **kwargs)
@@ -208,13 +213,13 @@ CASES = [
     ),
     BadInput(
         "prepare-empty-input-keeps-old",
-        lambda s: (s.prepared(), _prepare(s, str(s.file("empty.txt", ""))))[1],
+        lambda s: then(s.prepared(), _prepare(s, str(s.file("empty.txt", "")))),
         r"no text found in the inputs",
         keep=("out/meta.json", "out/train_000000.bin"),
     ),
     BadInput(
         "prepare-only-binary",
-        lambda s: (s.prepared(), _prepare(s, str(s.file("ls.txt", b"\x7fELF\x00\x01" * 500))))[1],
+        lambda s: then(s.prepared(), _prepare(s, str(s.file("ls.txt", b"\x7fELF\x00\x01" * 500)))),
         r"every input file looks binary \(1 skipped.*ls\.txt",
         keep=("out/meta.json",),
     ),
@@ -271,10 +276,10 @@ CASES = [
     ),
     BadInput(
         "prepare-tokenizer-not-json-keeps-old",
-        lambda s: (
+        lambda s: then(
             s.prepared(),
             _prepare(s, str(s.texts()), "--tokenizer", str(s.file("t.json", "{oops"))),
-        )[1],
+        ),
         r"t\.json is not a Hugging Face tokenizer\.json file",
         keep=("out/meta.json", "out/tokenizer.json"),
     ),
@@ -290,10 +295,10 @@ CASES = [
     ),
     BadInput(
         "prepare-own-tokenizer-broken-keeps-old",
-        lambda s: (
+        lambda s: then(
             (s.prepared() / "tokenizer.json").write_text("{"),
             _prepare(s, str(s.texts()), "--tokenizer", str(s.path("out/tokenizer.json"))),
-        )[1],
+        ),
         r"out/tokenizer\.json is not a Hugging Face tokenizer\.json file",
         keep=("out/meta.json", "out/train_000000.bin"),
     ),
@@ -341,13 +346,13 @@ CASES = [
     # ---- hyperp prepare: the output directory
     BadInput(
         "prepare-out-is-a-file",
-        lambda s: (s.file("out", "mine"), _prepare(s, str(s.texts())))[1],
+        lambda s: then(s.file("out", "mine"), _prepare(s, str(s.texts()))),
         r"output .*out exists and is not a directory; choose another --out",
         keep=("out",),
     ),
     BadInput(
         "prepare-out-holds-foreign-files",
-        lambda s: (s.file("out/notes.md", "mine"), _prepare(s, str(s.texts())))[1],
+        lambda s: then(s.file("out/notes.md", "mine"), _prepare(s, str(s.texts()))),
         r"holds files that prepare did not write \(notes\.md\); choose an empty or new --out",
         keep=("out/notes.md",),
     ),
@@ -359,13 +364,13 @@ CASES = [
     ),
     BadInput(
         "prepare-out-read-only-keeps-old",
-        lambda s: (s.read_only(s.prepared()), _prepare(s, str(s.texts())))[1],
+        lambda s: then(s.read_only(s.prepared()), _prepare(s, str(s.texts()))),
         r"output directory .*out is read-only; make it writable \(chmod u\+w\) or choose another",
         keep=("out/meta.json",),
     ),
     BadInput(
         "prepare-out-in-read-only-directory",
-        lambda s: (s.read_only(s.texts("locked")), _prepare(s, str(s.texts()), out="locked/o"))[1],
+        lambda s: then(s.read_only(s.texts("locked")), _prepare(s, str(s.texts()), out="locked/o")),
         r"cannot create .*locked/o: .*locked is read-only; choose an --out in a writable",
     ),
     # ---- open_corpus: prepared directories
@@ -441,12 +446,17 @@ CASES = [
     ),
     BadInput(
         "open-shard-missing",
-        lambda s: api(open_corpus, (s.prepared(), s.path("out/val_000000.bin").unlink())[0]),
+        lambda s: api(
+            open_corpus, then(out := s.prepared(), (out / "val_000000.bin").unlink(), out)
+        ),
         r"val_000000\.bin listed in meta\.json is missing",
     ),
     BadInput(
         "open-shard-truncated",
-        lambda s: api(open_corpus, (s.prepared(), s.file("out/train_000000.bin", b"\x00\x01"))[0]),
+        lambda s: api(
+            open_corpus,
+            then(out := s.prepared(), (out / "train_000000.bin").write_bytes(b"\x00\x01"), out),
+        ),
         r"train_000000\.bin is truncated or corrupt",
     ),
     BadInput(
@@ -472,9 +482,11 @@ CASES = [
     BadInput(
         "open-bad-tokenizer",
         lambda s: api(
-            open_corpus(
-                (s.prepared(), s.file("out/tokenizer.json", pickle_bomb(s)))[0]
-            ).load_tokenizer
+            then(
+                out := s.prepared(),
+                (out / "tokenizer.json").write_bytes(pickle_bomb(s)),
+                open_corpus(out).load_tokenizer,  # the open succeeds; loading the tokenizer fails
+            )
         ),
         r"tokenizer\.json is not a Hugging Face tokenizer\.json file",
     ),
