@@ -314,8 +314,11 @@ def test_cancel_interrupts_the_jobs_and_a_rerun_resumes_them(
     runs = wait_until(lambda: settled(sweep, slurm), 120, "the job to end", poll_s=1)
     status = runs["base_lr=0.02"]
     assert status["state"] == "interrupted" and status["job_id"] == first_job
-    assert "saved a checkpoint" in status["reason"] and "CANCELLED" in status["reason"]
+    assert status["reason"].startswith("SLURM stopped the job") and "CANCELLED" in status["reason"]
     assert squeue(slurm, first_job).get(first_job) in (None, "CANCELLED")
+    # The trainer got SLURM's SIGTERM and saved a checkpoint where it stopped.
+    stopped = re.search(r"stopped at step (\d+)/", (run_dir / "train.log").read_text())
+    assert stopped, (run_dir / "train.log").read_text()[-2000:]
 
     resubmitted = hyperp(slurm, "sweep", str(sweep))
     assert "1 submitted" in resubmitted.stdout, resubmitted.stdout + resubmitted.stderr
@@ -324,7 +327,35 @@ def test_cancel_interrupts_the_jobs_and_a_rerun_resumes_them(
     wait_until(
         lambda: "resumed from" in (run_dir / "train.log").read_text(), 120, "the run to resume"
     )
+    resumed = re.search(r"resumed from .* at step (\d+)", (run_dir / "train.log").read_text())
+    assert resumed.group(1) == stopped.group(1)
     statuses = sweep_status(load_sweep(sweep))
     assert [(s.state, s.job_id) for s in statuses] == [("running", second_job)]
     assert hyperp(slurm, "sweep", "cancel", str(run_dir.parent)).returncode == 0
     wait_until(lambda: settled(sweep, slurm), 120, "the second job to end", poll_s=1)
+
+
+def test_a_two_process_run_uses_torchrun_in_its_allocation_and_survives_preemption(
+    slurm, corpus, tmp_path, jobs_cancelled_after
+):
+    sweep = write_sweep(
+        tmp_path,
+        corpus,
+        steps=160,
+        axes='"train.nproc" = [2]',
+        launcher='kind = "slurm"\ncpus_per_task = 2\ntime = 10',
+    )
+    jobs_cancelled_after.append(sweep)
+    run_dir = tmp_path / "runs" / "sweep" / "nproc=2"
+    assert hyperp(slurm, "sweep", str(sweep)).returncode == 0
+    job_id = json.loads((run_dir / "launch.json").read_text())["job_id"]
+    metrics = run_dir / "metrics.jsonl"
+    wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) > 5, 120, "steps")
+    # Every process of the job gets the warning, the ranks included: they must not die of it.
+    subprocess.run(["scancel", "--signal=USR2", job_id], env=slurm, check=True)
+    runs = wait_until(lambda: settled(sweep, slurm), 240, "the job to finish", poll_s=1)
+    assert runs["nproc=2"]["state"] == "finished", runs
+    log = (run_dir / "train.log").read_text()
+    assert "-m torch.distributed.run --nproc-per-node=2 --standalone -m hyperp train" in log
+    assert re.search(r"stopped at step \d+/160", log) and "resumed from" in log
+    assert json.loads((run_dir / "summary.json").read_text())["processes"] == 2

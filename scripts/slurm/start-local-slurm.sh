@@ -78,7 +78,7 @@ SlurmdPort=$((port + 1))
 AuthType=auth/munge
 CredType=cred/munge
 # A requeued job waits cred_expire seconds before it starts again (default 120).
-AuthInfo=socket=$dir/munge/munge.socket,cred_expire=10
+AuthInfo=socket=$dir/munge/munge.socket,cred_expire=5
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation=$dir/state

@@ -92,20 +92,26 @@ def _signal(pid: int, signum: int, *, group: bool = False) -> None:
         os.kill(pid, signum)
 
 
-def stop_processes(roots: Iterable[int], grace_s: float) -> None:
+def stop_processes(roots: Iterable[int], grace_s: float, *, every_process: bool = False) -> None:
     """Stop launched commands and everything they started.
 
     Each root's process group gets one SIGTERM: the trainer checkpoints and exits, and torchrun
     passes the signal on to each rank once (a second signal would make a trainer stop without
-    its checkpoint). Whatever of the trees is still alive after ``grace_s`` gets SIGKILL, ranks
-    included. The trees are taken before signalling, while the ranks' parent still lives.
+    its checkpoint). With ``every_process``, each process of the trees gets it instead (for a
+    torchrun that ignores SIGTERM, see ``hyperp.sweep.slurm``). Whatever is still alive after
+    ``grace_s`` gets SIGKILL, ranks included. The trees are taken before signalling, while the
+    ranks' parent still lives.
     """
     trees: dict[int, str] = {}
     roots = [root for root in roots if process_start(root) is not None]
     for root in roots:
         trees.update(process_tree(root))
-    for root in roots:
-        _signal(root, signal.SIGTERM, group=True)
+    if every_process:
+        for pid in trees:
+            _signal(pid, signal.SIGTERM)
+    else:
+        for root in roots:
+            _signal(root, signal.SIGTERM, group=True)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         for root in roots:  # processes started since (a rank's helper) belong to the tree too

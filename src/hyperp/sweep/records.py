@@ -164,17 +164,24 @@ def finish_run(
 ) -> Outcome:
     """How a training process ended, recorded in its run directory.
 
-    ``stopped`` is set when the launcher itself stopped the process (the sweep was interrupted,
-    the SLURM job was preempted) and says why. In order: ``summary.json`` means finished; an
-    ``error.txt`` from the trainer means failed; a process stopped by its launcher, or by a
-    signal from outside after a checkpoint, is interrupted and resumes next time; anything else
-    failed, and ``error.txt`` quotes the exit status or signal and the last error line.
+    ``stopped`` is set when the process was stopped on purpose (the sweep was interrupted, the
+    SLURM job was preempted or cancelled) and says why. In order: ``summary.json`` means
+    finished; a stopped process is interrupted and resumes next time; an ``error.txt`` from the
+    trainer means failed; a process killed by a signal from outside after a checkpoint is
+    interrupted; anything else failed, and ``error.txt`` quotes the exit status or signal and
+    the last error line.
     """
     (directory / ".running").unlink(missing_ok=True)
     if (directory / "summary.json").exists():
         return Outcome("finished")
     if (directory / "error.txt").exists():
-        return Outcome("failed", error_reason(directory))
+        if not stopped:
+            return Outcome("failed", error_reason(directory))
+        # A trainer failing while it is stopped (a rank whose peer stopped first) is the stop's
+        # doing: the run resumes, and the error is kept aside.
+        error = error_reason(directory)
+        (directory / "error.txt").replace(directory / "error-while-stopping.txt")
+        stopped = f"{stopped}; while stopping, the trainer reported: {error}"
     tail = _log_tail(log)
     exit_signal = _exit_signal(return_code, tail)
     reason = None

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hyperp.sweep.processes import stop_processes, this_host
+from hyperp.sweep.processes import stop_processes
 from hyperp.sweep.records import clear_attempt, finish_run, write_launch, write_marker
 from hyperp.sweep.spec import (
     RunSpec,
@@ -94,10 +94,11 @@ class TrainJob:
         self._return_code: int | None = None
         self._ended = threading.Event()
         self._log = self.run.directory / "train.log"
+        self._stopped: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for name in ("_process", "_return_code", "_ended", "_log"):
+        for name in ("_process", "_return_code", "_ended", "_log", "_stopped"):
             state.pop(name)
         return state
 
@@ -126,11 +127,15 @@ class TrainJob:
             clear_attempt(directory)
         else:
             self._log = directory / f"train.node{environment.node}.log"
-        warning = signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"]
+        # SLURM signals every process of the job. The warning signal must not kill the trainer.
+        # SLURM's SIGTERM reaches each rank already, so torchrun must not pass on a second one
+        # (the trainer takes a second signal as "stop now, without a checkpoint").
+        ignored = [signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"]]
+        if self._torchrun:
+            ignored.append(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, self._on_slurm_stop)
         with self._log.open("ab") as log:
-            log.write(
-                f"$ {shlex.join(command)}\n# SLURM job {environment.job_id} on {this_host()}\n".encode()
-            )
+            log.write(f"$ {shlex.join(command)}\n# SLURM job {environment.job_id}\n".encode())
             log.flush()
             self._process = subprocess.Popen(
                 command,
@@ -138,8 +143,7 @@ class TrainJob:
                 stderr=subprocess.STDOUT,
                 env=self._environment(environment.num_nodes),
                 start_new_session=True,
-                # SLURM signals every process of the job: the trainer must not die of it.
-                preexec_fn=lambda: signal.signal(warning, signal.SIG_IGN),
+                preexec_fn=lambda: [signal.signal(sig, signal.SIG_IGN) for sig in ignored],
             )
         if main:
             write_marker(directory, self._process.pid, job_id=environment.job_id)
@@ -150,10 +154,18 @@ class TrainJob:
             time.sleep(0.5)
         if not main:
             return "done"
-        outcome = finish_run(directory, self._return_code, self._log)
+        outcome = finish_run(directory, self._return_code, self._log, stopped=self._stopped)
         if outcome.state == "failed":
             raise RuntimeError(f"{self.run.name} failed: {outcome.reason}")  # not requeued
         return outcome.state
+
+    @property
+    def _torchrun(self) -> bool:
+        return not self.train_prefix and self.run.nproc > 1
+
+    def _on_slurm_stop(self, signum, frame) -> None:
+        # The trainer got SIGTERM too and is saving a checkpoint; SLURM kills the rest later.
+        self._stopped = "SLURM stopped the job (scancel, scontrol requeue, preemption)"
 
     def _wait(self) -> None:
         assert self._process is not None
@@ -166,6 +178,8 @@ class TrainJob:
             cpus = int(environment.get("SLURM_CPUS_PER_TASK", "1"))
             per_node = max(1, self.run.nproc // nodes)
             environment["OMP_NUM_THREADS"] = str(max(1, cpus // per_node))
+        if self._torchrun:
+            environment["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGINT,SIGHUP,SIGQUIT"
         return environment
 
     def checkpoint(self) -> Any:
@@ -173,12 +187,15 @@ class TrainJob:
         the trainer checkpoints and exits, then submitit requeues the job with this object."""
         from submitit.helpers import DelayedSubmission
 
-        reason = "preempted or near its time limit; requeued"
         if self._process is not None:
-            stop_processes([self._process.pid], max(self.signal_delay_s - _REQUEUE_MARGIN_S, 10))
+            grace = max(self.signal_delay_s - _REQUEUE_MARGIN_S, 10)
+            stop_processes([self._process.pid], grace, every_process=self._torchrun)
             self._ended.wait(timeout=60)
             outcome = finish_run(
-                self.run.directory, self._return_code or 0, self._log, stopped=reason
+                self.run.directory,
+                self._return_code or 0,
+                self._log,
+                stopped="preempted or near its time limit; requeued",
             )
             if outcome.state == "finished":
                 raise SystemExit(0)  # finished while stopping: nothing to requeue
