@@ -277,10 +277,10 @@ def submit_sweep(
     ``train_prefix`` replaces ``python -m hyperp train`` (it receives ``--config BASE --out DIR
     --key value ...``), as ``--train-command`` does for the local launcher.
     """
-    submitit = _import_submitit()
     runs = expand(spec)
     for run in runs:
         _check_processes(run, spec.slurm.nodes, spec.slurm.gpus_per_node)
+    submitit = _import_submitit()
     write_sweep_record(spec, runs)
     result = SubmitResult()
     todo = []
