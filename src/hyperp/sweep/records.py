@@ -183,29 +183,36 @@ def finish_run(
         (directory / "error.txt").replace(directory / "error-while-stopping.txt")
         stopped = f"{stopped}; while stopping, the trainer reported: {error}"
     tail = _log_tail(log)
-    exit_signal = _exit_signal(return_code, tail)
-    reason = None
-    if stopped:
-        reason = stopped
-    elif return_code == _STOPPED_EXIT:
-        reason = "stopped by SIGINT or SIGTERM; it saved a checkpoint"
-    elif exit_signal in _INTERRUPTING or (return_code == 0 and exit_signal is None):
-        step = _last_checkpoint(directory)
-        how = f"killed by {exit_signal.name}" if exit_signal else "exited 0 without finishing"
-        if step is not None:
-            reason = f"{how} after the checkpoint of step {step}"
-        elif exit_signal:
-            return _fail(directory, tail, f"{how} before its first checkpoint")
+    reason = stopped or _interruption(directory, return_code, tail)
     if reason is not None:
         atomic_write_text(directory / "interrupted.txt", reason + "\n")
         return Outcome("interrupted", reason)
+    return _fail(directory, tail, _cause(return_code, tail))
+
+
+def _interruption(directory: Path, return_code: int, tail: list[str]) -> str | None:
+    """Why a process nobody meant to stop ended resumable (a checkpoint to resume from, and an
+    end that is not the trainer's fault), or None."""
+    if return_code == _STOPPED_EXIT:
+        return "stopped by SIGINT or SIGTERM; it saved a checkpoint"
+    exit_signal = _exit_signal(return_code, tail)
+    if exit_signal in _INTERRUPTING or (return_code == 0 and exit_signal is None):
+        step = _last_checkpoint(directory)
+        if step is not None:
+            how = f"killed by {exit_signal.name}" if exit_signal else "exited 0 without finishing"
+            return f"{how} after the checkpoint of step {step}"
+    return None
+
+
+def _cause(return_code: int, tail: list[str]) -> str:
+    exit_signal = _exit_signal(return_code, tail)
+    if exit_signal in _INTERRUPTING:
+        return f"killed by {exit_signal.name} before its first checkpoint"
     if exit_signal is not None:
-        cause = f"killed by {exit_signal.name}"
-    elif return_code == 0:
-        cause = "the trainer exited without writing summary.json"
-    else:
-        cause = f"exit status {return_code}"
-    return _fail(directory, tail, cause)
+        return f"killed by {exit_signal.name}"
+    if return_code == 0:
+        return "the trainer exited without writing summary.json"
+    return f"exit status {return_code}"
 
 
 def _fail(directory: Path, tail: list[str], cause: str) -> Outcome:

@@ -64,19 +64,6 @@ class RunSpec:
     nproc: int = 1
 
 
-@dataclass
-class SweepSpec:
-    path: Path | None
-    base: Path
-    out: Path
-    settings: dict[str, Any] = field(default_factory=dict)
-    axes: dict[str, list[Any]] = field(default_factory=dict)
-    workers: int = 1
-    threads_per_worker: int | None = None
-    launcher: str = "local"  # the default launcher: local | slurm (CLI --launcher overrides)
-    slurm: SlurmOptions = field(default_factory=lambda: SlurmOptions())
-
-
 @dataclass(frozen=True)
 class SlurmOptions:
     """The ``[launcher]`` table's SLURM settings (sbatch options, see docs/cluster.md)."""
@@ -103,6 +90,19 @@ class SlurmOptions:
             for key, value in vars(self).items()
             if value is not None
         }
+
+
+@dataclass
+class SweepSpec:
+    path: Path | None
+    base: Path
+    out: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+    workers: int = 1
+    threads_per_worker: int | None = None
+    launcher: str = "local"  # the default launcher: local | slurm (CLI --launcher overrides)
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
 
 
 _STRING_OPTIONS = ("partition", "mem", "account", "qos", "constraint")
@@ -141,40 +141,42 @@ def _launcher_table(table: Any, where: str) -> tuple[str, SlurmOptions]:
     kind = table.get("kind", "local")
     if kind not in LAUNCHERS:
         raise ValueError(f"{where}: [launcher] kind must be one of {', '.join(LAUNCHERS)}")
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key == "kind":
-            continue
-        if key in _STRING_OPTIONS:
-            if key == "mem" and isinstance(value, int) and not isinstance(value, bool):
-                value = f"{value}M"  # sbatch reads a bare number as megabytes
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{where}: [launcher] {key} must be a non-empty string")
-        elif key in _COUNT_OPTIONS or key == "gpus_per_node":
-            low = 0 if key == "gpus_per_node" else 1
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{where}: [launcher] {key} must be an integer >= {low}")
-        elif key == "time":
-            try:
-                value = value if isinstance(value, int) else _minutes(str(value))
-            except ValueError:
-                value = 0
-            if isinstance(value, bool) or value < 1:
-                raise ValueError(
-                    f"{where}: [launcher] time must be minutes (an integer) or SLURM's "
-                    '"HH:MM:SS" / "D-HH:MM:SS", at least one minute'
-                )
-        elif key in ("sbatch", "setup"):
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"{where}: [launcher] {key} must be a list of strings")
-            if key == "sbatch":
-                for option in value:
-                    sbatch_option(option, where)
-            value = tuple(value)
-        values[key] = value
+    values = {
+        key: _launcher_value(key, value, where) for key, value in table.items() if key != "kind"
+    }
     return kind, SlurmOptions(**values)
+
+
+def _launcher_value(key: str, value: Any, where: str) -> Any:
+    """One ``[launcher]`` setting, checked, in the form SlurmOptions holds it."""
+    if key in _STRING_OPTIONS:
+        if key == "mem" and isinstance(value, int) and not isinstance(value, bool):
+            value = f"{value}M"  # sbatch reads a bare number as megabytes
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{where}: [launcher] {key} must be a non-empty string")
+    elif key in _COUNT_OPTIONS or key == "gpus_per_node":
+        low = 0 if key == "gpus_per_node" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{where}: [launcher] {key} must be an integer >= {low}")
+    elif key == "time":
+        try:
+            value = value if isinstance(value, int) else _minutes(str(value))
+        except ValueError:
+            value = 0
+        if isinstance(value, bool) or value < 1:
+            raise ValueError(
+                f"{where}: [launcher] time must be minutes (an integer) or SLURM's "
+                '"HH:MM:SS" / "D-HH:MM:SS", at least one minute'
+            )
+    else:  # sbatch, setup: lists of strings (one string is a list of one)
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{where}: [launcher] {key} must be a list of strings")
+        if key == "sbatch":
+            for option in value:
+                sbatch_option(option, where)
+        value = tuple(value)
+    return value
 
 
 def sbatch_option(text: str, where: str = "sweep") -> tuple[str, str | bool]:
