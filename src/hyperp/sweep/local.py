@@ -70,21 +70,25 @@ class _Pool:
 
 
 def _wait_for_left_behind(run: RunSpec, pid: int, start: str | None, pool: _Pool) -> Outcome | None:
-    """Wait for a process an earlier sweep started for this run; its outcome, or None when the
-    run is to be launched (again)."""
+    """Wait for a process an earlier sweep started for this run (stopping it with the sweep);
+    its outcome, or None when the run is to be launched again."""
     with pool.lock:
+        if pool.stopping.is_set():
+            return Outcome("interrupted", _STOPPED)
         pool.pids.add(pid)
-    while not pool.stopping.is_set() and process_start(pid) in (start, "?"):
+    while process_start(pid) in (start, "?"):
         time.sleep(0.5)
     with pool.lock:
         pool.pids.discard(pid)
-    if pool.stopping.is_set():
-        return Outcome("interrupted", _STOPPED)
-    (run.directory / ".running").unlink(missing_ok=True)
-    if (run.directory / "summary.json").exists():
+    directory = run.directory
+    (directory / ".running").unlink(missing_ok=True)
+    if (directory / "summary.json").exists():
         return Outcome("finished")
-    if (run.directory / "error.txt").exists():
-        return Outcome("failed", error_reason(run.directory))
+    if (directory / "error.txt").exists():
+        return Outcome("failed", error_reason(directory))
+    if pool.stopping.is_set():
+        atomic_write_text(directory / "interrupted.txt", _STOPPED + "\n")
+        return Outcome("interrupted", _STOPPED)
     return None  # it ended without a result: resume it
 
 

@@ -110,41 +110,15 @@ class TrainJob:
         import submitit
 
         environment = submitit.JobEnvironment()
-        main = environment.global_rank == 0
+        main = environment.global_rank == 0  # the first node's task keeps the run's records
         directory = self.run.directory
         directory.mkdir(parents=True, exist_ok=True)
-        if self.train_prefix:
-            command = [*self.train_prefix, *train_arguments(self.run, self.base)]
-        else:
-            command = allocation_command(
-                self.run,
-                self.base,
-                nodes=environment.num_nodes,
-                first_node=environment.hostnames[0],
-                job_id=environment.raw_job_id,
-            )
         if main:
             clear_attempt(directory)
         else:
             self._log = directory / f"train.node{environment.node}.log"
-        # SLURM signals every process of the job. The warning signal must not kill the trainer.
-        # SLURM's SIGTERM reaches each rank already, so torchrun must not pass on a second one
-        # (the trainer takes a second signal as "stop now, without a checkpoint").
-        ignored = [signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"]]
-        if self._torchrun:
-            ignored.append(signal.SIGTERM)
         signal.signal(signal.SIGTERM, self._on_slurm_stop)
-        with self._log.open("ab") as log:
-            log.write(f"$ {shlex.join(command)}\n# SLURM job {environment.job_id}\n".encode())
-            log.flush()
-            self._process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._environment(environment.num_nodes),
-                start_new_session=True,
-                preexec_fn=lambda: [signal.signal(sig, signal.SIG_IGN) for sig in ignored],
-            )
+        self._start(environment, warning=f"SIG{submitit.JobEnvironment.USR_SIG}")
         if main:
             write_marker(directory, self._process.pid, job_id=environment.job_id)
         # A thread waits for the trainer, so this (main) thread never holds the lock that
@@ -158,6 +132,36 @@ class TrainJob:
         if outcome.state == "failed":
             raise RuntimeError(f"{self.run.name} failed: {outcome.reason}")  # not requeued
         return outcome.state
+
+    def _start(self, environment: Any, warning: str) -> None:
+        """Start the training (torchrun for several processes) with its output in the log."""
+        if self.train_prefix:
+            command = [*self.train_prefix, *train_arguments(self.run, self.base)]
+        else:
+            command = allocation_command(
+                self.run,
+                self.base,
+                nodes=environment.num_nodes,
+                first_node=environment.hostnames[0],
+                job_id=environment.raw_job_id,
+            )
+        # SLURM signals every process of the job. The warning signal must not kill the trainer.
+        # SLURM's SIGTERM reaches each rank already, so torchrun must not pass on a second one
+        # (the trainer takes a second signal as "stop now, without a checkpoint").
+        ignored = [signal.Signals[warning]]
+        if self._torchrun:
+            ignored.append(signal.SIGTERM)
+        with self._log.open("ab") as log:
+            log.write(f"$ {shlex.join(command)}\n# SLURM job {environment.job_id}\n".encode())
+            log.flush()
+            self._process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._environment(environment.num_nodes),
+                start_new_session=True,
+                preexec_fn=lambda: [signal.signal(sig, signal.SIG_IGN) for sig in ignored],
+            )
 
     @property
     def _torchrun(self) -> bool:
