@@ -169,7 +169,7 @@ def squeue(environment: dict[str, str], *job_ids: str) -> dict[str, str]:
     return dict(line.split("|") for line in listed.stdout.split())
 
 
-def test_three_runs_finish_a_forced_failure_is_reported_and_a_rerun_submits_nothing(
+def test_a_sweep_finishes_a_forced_failure_is_reported_and_a_rerun_submits_nothing(
     slurm, corpus, tmp_path, jobs_cancelled_after
 ):
     # Width 40 gives 5 query heads for 2 KV heads: that run's trainer refuses its config.
@@ -177,21 +177,21 @@ def test_three_runs_finish_a_forced_failure_is_reported_and_a_rerun_submits_noth
         tmp_path,
         corpus,
         steps=24,
-        axes='"model.width" = [32, 64, 40]',
+        axes='"model.width" = [32, 64, 96, 40]',
         launcher='cpus_per_task = 1\ntime = "0:10:00"\narray_parallelism = 2\n'
         'sbatch = ["--comment=hyperp-test"]',
     )
     jobs_cancelled_after.append(sweep)
     submitted = hyperp(slurm, "sweep", str(sweep), "--launcher", "slurm")
     assert submitted.returncode == 0, submitted.stderr
-    assert "3 submitted (SLURM job " in submitted.stdout, submitted.stdout
+    assert "4 submitted (SLURM job " in submitted.stdout, submitted.stdout
     out = tmp_path / "runs" / "sweep"
+    names = ("width=32", "width=64", "width=96", "width=40")
     job_ids = {
-        name: json.loads((out / name / "launch.json").read_text())["job_id"]
-        for name in ("width=32", "width=64", "width=40")
+        name: json.loads((out / name / "launch.json").read_text())["job_id"] for name in names
     }
     array = job_ids["width=32"].split("_")[0]
-    assert sorted(job_ids.values()) == [f"{array}_{task}" for task in range(3)]
+    assert list(job_ids.values()) == [f"{array}_{task}" for task in range(4)]
 
     # The sweep returned with the jobs queued: status names each job while it is in SLURM.
     listing = hyperp(slurm, "sweep", "status", str(sweep))
@@ -210,22 +210,23 @@ def test_three_runs_finish_a_forced_failure_is_reported_and_a_rerun_submits_noth
     assert {name: run["state"] for name, run in runs.items()} == {
         "width=32": "finished",
         "width=64": "finished",
+        "width=96": "finished",
         "width=40": "failed",
     }
     assert {name: run["job_id"] for name, run in runs.items()} == job_ids
     reason = runs["width=40"]["reason"]
     assert reason.startswith("exit status 2: hyperp train: error: model.n_heads (5)"), reason
-    for name in ("width=32", "width=64"):
+    for name in ("width=32", "width=64", "width=96"):
         summary = json.loads((out / name / "summary.json").read_text())
         assert summary["steps"] == 24 and summary["width"] == int(name.split("=")[1])
 
     text = hyperp(slurm, "sweep", "status", str(out)).stdout
-    assert f"{out}: 2/3 finished (1 failed, 2 finished)" in text
+    assert f"{out}: 3/4 finished (1 failed, 3 finished)" in text
     assert f"failed      width=40  job {job_ids['width=40']}  (exit status 2: " in text
 
     again = hyperp(slurm, "sweep", str(sweep), "--launcher", "slurm")
     assert again.returncode == 0, again.stderr
-    assert "0 submitted, 3 skipped" in again.stdout
+    assert "0 submitted, 4 skipped" in again.stdout
     for name, job_id in job_ids.items():
         assert json.loads((out / name / "launch.json").read_text())["job_id"] == job_id
         assert (out / name / "train.log").read_text().count("# SLURM job ") == 1

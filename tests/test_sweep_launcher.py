@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hyperp.sweep import SlurmOptions, expand, load_sweep, submit_sweep
-from hyperp.sweep.slurm import _sbatch_parameters
+from hyperp.sweep import RunSpec, SlurmOptions, expand, load_sweep, submit_sweep
+from hyperp.sweep.slurm import _sbatch_parameters, allocation_command
 from hyperp.sweep.spec import write_sweep_record
 from support import subprocess_env
 
@@ -144,3 +144,25 @@ def test_the_ladder_example_in_the_cluster_docs_plans_every_run(tmp_path):
     spec = load_sweep(tmp_path / "ladder.toml")
     assert spec.launcher == "slurm" and spec.slurm.nodes * spec.slurm.gpus_per_node == 32
     assert os.fspath(spec.out).endswith("runs/ladder")
+
+
+def test_the_command_inside_an_allocation(tmp_path):
+    base = tmp_path / "base.toml"
+    run = RunSpec("r", tmp_path / "r", {"train.nproc": 16}, {}, nproc=16)
+    many = allocation_command(run, base, nodes=2, first_node="gpu-017", job_id="81234")
+    assert many[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert many[3:8] == [
+        "--nproc-per-node=8",
+        "--nnodes=2",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=gpu-017:29634",  # 29400 + 81234 mod 1000
+        "--rdzv-id=81234",
+    ]
+    assert many[8:11] == ["-m", "hyperp", "train"]
+    assert many[11:] == ["--config", str(base), "--out", str(run.directory), "--train.nproc", "16"]
+    one_node = allocation_command(run, base, nodes=1, first_node="gpu-017", job_id="81234")
+    assert one_node[3:5] == ["--nproc-per-node=16", "--standalone"]
+    single = RunSpec("s", tmp_path / "s", {}, {}, nproc=1)
+    assert allocation_command(single, base, nodes=1, first_node="x", job_id="1")[:4] == [
+        sys.executable, "-m", "hyperp", "train",
+    ]  # fmt: skip

@@ -182,8 +182,10 @@ class TrainJob:
             cpus = int(environment.get("SLURM_CPUS_PER_TASK", "1"))
             per_node = max(1, self.run.nproc // nodes)
             environment["OMP_NUM_THREADS"] = str(max(1, cpus // per_node))
-        if self._torchrun:
-            environment["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGINT,SIGHUP,SIGQUIT"
+        if self._torchrun:  # torchrun leaves SIGTERM alone (it is ignored, see _start)
+            handled = "SIGINT,SIGHUP,SIGQUIT"
+            environment["PET_SIGNALS_TO_HANDLE"] = handled  # torchrun's --signals-to-handle
+            environment["TORCHELASTIC_SIGNALS_TO_HANDLE"] = handled  # older torch reads this
         return environment
 
     def checkpoint(self) -> Any:
