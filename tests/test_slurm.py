@@ -2,7 +2,8 @@
 
 The cluster is the one ``SLURM_CONF`` points to when it answers, else one started here with
 ``scripts/slurm/start-local-slurm.sh`` (root only; it installs slurm-wlm and munge when they are
-missing) and stopped at the end. Without root or packages the tests skip and say why, unless
+missing) and stopped at the end; the two-node test starts a second one that splits the
+machine in two. Without root or packages the tests skip and say why, unless
 ``HYPERP_REQUIRE_SLURM=1`` (CI), where that is a failure. Runs are tiny (depth 2, width 32) and
 use one CPU each: the machine has two.
 """
@@ -130,11 +131,13 @@ def hyperp(environment: dict[str, str], *args: str) -> subprocess.CompletedProce
 
 @pytest.fixture
 def jobs_cancelled_after(slurm):
-    """Sweep files whose jobs are cancelled when the test ends, so a failure frees the CPUs."""
-    sweeps: list[Path] = []
+    """Sweep files (or (file, environment) pairs for another cluster) whose jobs are cancelled
+    when the test ends, so a failure frees the CPUs."""
+    sweeps: list = []
     yield sweeps
-    for sweep in sweeps:
-        hyperp(slurm, "sweep", "cancel", str(sweep))
+    for entry in sweeps:
+        sweep, environment = entry if isinstance(entry, tuple) else (entry, slurm)
+        hyperp(environment, "sweep", "cancel", str(sweep))
 
 
 def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.2):
@@ -336,27 +339,67 @@ def test_cancel_interrupts_the_jobs_and_a_rerun_resumes_them(
     wait_until(lambda: settled(sweep, slurm), 120, "the second job to end", poll_s=1)
 
 
-def test_a_two_process_run_uses_torchrun_in_its_allocation_and_survives_preemption(
-    slurm, corpus, tmp_path, jobs_cancelled_after
+def _node_count(environment: dict[str, str]) -> int:
+    listed = subprocess.run(
+        ["sinfo", "--noheader", "--format=%D"], env=environment, capture_output=True, text=True
+    )
+    return sum(int(count) for count in listed.stdout.split() if count.isdigit())
+
+
+@pytest.fixture(scope="module")
+def two_nodes(slurm) -> dict[str, str]:
+    """A cluster of two nodes: the one at hand if it has them, else this machine split in two
+    (start-local-slurm.sh with HYPERP_SLURM_NODES=2, beside the one-node cluster)."""
+    if _node_count(slurm) >= 2:
+        yield slurm
+        return
+    if os.geteuid() != 0:
+        _unavailable("the SLURM at hand has one node and starting a two-node one needs root")
+    local = {
+        **slurm,
+        "HYPERP_SLURM_DIR": "/tmp/hyperp-slurm-two-nodes",
+        "HYPERP_SLURM_PORT": "16837",
+        "HYPERP_SLURM_NODES": "2",
+    }
+    started = subprocess.run(
+        ["bash", str(START)], env=local, capture_output=True, text=True, timeout=900
+    )
+    if started.returncode == 3:
+        _unavailable(f"a two-node local SLURM cannot be had: {started.stderr.strip()}")
+    assert started.returncode == 0, started.stderr
+    local["SLURM_CONF"] = re.search(r"export SLURM_CONF=(\S+)", started.stdout).group(1)
+    try:
+        yield local
+    finally:
+        subprocess.run(["bash", str(STOP)], env=local, capture_output=True, timeout=120)
+
+
+def test_a_two_node_run_meets_on_the_first_node_and_survives_preemption(
+    two_nodes, corpus, tmp_path, jobs_cancelled_after
 ):
     sweep = write_sweep(
         tmp_path,
         corpus,
-        steps=160,
+        steps=120,
         axes='"train.nproc" = [2]',
-        launcher='kind = "slurm"\ncpus_per_task = 2\ntime = 10',
+        launcher='kind = "slurm"\nnodes = 2\ncpus_per_task = 1\ntime = 10',
     )
-    jobs_cancelled_after.append(sweep)
+    jobs_cancelled_after.append((sweep, two_nodes))
     run_dir = tmp_path / "runs" / "sweep" / "nproc=2"
-    assert hyperp(slurm, "sweep", str(sweep)).returncode == 0
+    assert hyperp(two_nodes, "sweep", str(sweep)).returncode == 0
     job_id = json.loads((run_dir / "launch.json").read_text())["job_id"]
     metrics = run_dir / "metrics.jsonl"
     wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) > 5, 120, "steps")
     # Every process of the job gets the warning, the ranks included: they must not die of it.
-    subprocess.run(["scancel", "--signal=USR2", job_id], env=slurm, check=True)
-    runs = wait_until(lambda: settled(sweep, slurm), 240, "the job to finish", poll_s=1)
+    subprocess.run(["scancel", "--signal=USR2", job_id], env=two_nodes, check=True)
+    runs = wait_until(lambda: settled(sweep, two_nodes), 240, "the job to finish", poll_s=1)
     assert runs["nproc=2"]["state"] == "finished", runs
-    log = (run_dir / "train.log").read_text()
-    assert "-m torch.distributed.run --nproc-per-node=2 --standalone -m hyperp train" in log
-    assert re.search(r"stopped at step \d+/160", log) and "resumed from" in log
+    # One torchrun per node, one rank each, meeting by c10d rendezvous on the first node.
+    logs = {path.name: path.read_text() for path in run_dir.glob("train*.log")}
+    assert sorted(logs) == ["train.log", "train.node1.log"]
+    for text in logs.values():
+        assert text.count("--nproc-per-node=1 --nnodes=2 --rdzv-backend=c10d") == 2
+        assert f"--rdzv-id={job_id} -m hyperp train" in text
+    both = "".join(logs.values())  # the trainer's rank 0 may be on either node
+    assert re.search(r"stopped at step \d+/120", both) and "resumed from" in both
     assert json.loads((run_dir / "summary.json").read_text())["processes"] == 2

@@ -9,11 +9,14 @@
 # scripts/slurm/stop-local-slurm.sh stops what this script started (by those pid files only).
 #
 # Environment: HYPERP_SLURM_DIR (default /tmp/hyperp-slurm), HYPERP_SLURM_PORT (default 16817;
-# slurmd uses the next port). Exit status 3: SLURM cannot be had here (the reason is printed).
+# slurmd uses the next ports), HYPERP_SLURM_NODES (default 1: the machine is one node; N > 1
+# splits its CPUs and memory into N nodes, one slurmd each, to try multi-node jobs). Exit
+# status 3: SLURM cannot be had here (the reason is printed).
 set -euo pipefail
 
 dir="${HYPERP_SLURM_DIR:-/tmp/hyperp-slurm}"
 port="${HYPERP_SLURM_PORT:-16817}"
+nodes="${HYPERP_SLURM_NODES:-1}"
 conf="$dir/slurm.conf"
 say() { echo "start-local-slurm: $*" >&2; }
 cannot() { say "$*"; exit 3; }
@@ -28,7 +31,12 @@ cluster_works() {
     SLURM_CONF="$conf" timeout 20 srun --quiet --time=1 hostname >/dev/null 2>&1
 }
 
-if alive "$dir/slurmctld.pid" slurmctld && alive "$dir/slurmd.pid" slurmd && cluster_works; then
+slurmds_alive() {
+    local pidfile
+    for pidfile in "$dir"/slurmd*.pid; do alive "$pidfile" slurmd || return 1; done
+}
+
+if alive "$dir/slurmctld.pid" slurmctld && slurmds_alive && cluster_works; then
     say "already running ($conf)"
     echo "export SLURM_CONF=$conf"
     exit 0
@@ -54,7 +62,7 @@ fi
 # A fresh cluster: stop anything an earlier start left, then clear its state.
 bash "$(dirname "$0")/stop-local-slurm.sh" >/dev/null 2>&1 || true
 rm -rf "$dir"
-mkdir -p "$dir/state" "$dir/spool" "$dir/munge"
+mkdir -p "$dir/state" "$dir/munge"
 chmod 700 "$dir/munge"
 
 # munge: a private key and socket (a system munged, if any, keeps its own).
@@ -70,6 +78,19 @@ cpus="$(sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' <<<"$node_line")"
 memory="$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node_line")"
 [[ -n "$node" && -n "$cpus" && -n "$memory" ]] || cannot "could not read the node from 'slurmd -C': $node_line"
 
+if ((nodes == 1)); then
+    names="$node"
+    node_lines="NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory State=UNKNOWN"
+else  # several slurmd on this host, each its own node with its own port
+    ((cpus >= nodes)) || cannot "$cpus CPUs cannot make $nodes nodes"
+    names="" node_lines=""
+    for ((index = 1; index <= nodes; index++)); do
+        names+="${names:+,}$node-$index"
+        node_lines+="NodeName=$node-$index NodeHostname=$node NodeAddr=127.0.0.1 Port=$((port + 1 + index))"
+        node_lines+=" CPUs=$((cpus / nodes)) RealMemory=$((memory / nodes)) State=UNKNOWN"$'\n'
+    done
+fi
+
 cat >"$conf" <<CONF
 ClusterName=hyperp-local
 SlurmctldHost=$node(127.0.0.1)
@@ -82,11 +103,11 @@ AuthInfo=socket=$dir/munge/munge.socket,cred_expire=5
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation=$dir/state
-SlurmdSpoolDir=$dir/spool
+SlurmdSpoolDir=$dir/spool-%n
 SlurmctldPidFile=$dir/slurmctld.pid
-SlurmdPidFile=$dir/slurmd.pid
+SlurmdPidFile=$dir/slurmd-%n.pid
 SlurmctldLogFile=$dir/slurmctld.log
-SlurmdLogFile=$dir/slurmd.log
+SlurmdLogFile=$dir/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -102,17 +123,20 @@ JobRequeue=1
 ReturnToService=2
 KillWait=30
 MinJobAge=300
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory State=UNKNOWN
-PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
+$node_lines
+PartitionName=debug Nodes=$names Default=YES MaxTime=INFINITE State=UP
 CONF
 
 export SLURM_CONF="$conf"
 slurmctld -f "$conf"
-slurmd -f "$conf"
+for name in ${names//,/ }; do
+    mkdir -p "$dir/spool-$name"
+    if ((nodes == 1)); then slurmd -f "$conf"; else slurmd -f "$conf" -N "$name"; fi
+done
 for _ in $(seq 60); do
     cluster_works && break
     sleep 1
 done
-cluster_works || cannot "srun hostname does not work after 60 s; see $dir/slurmctld.log and $dir/slurmd.log"
-say "running: 1 node ($node, $cpus CPUs, $memory MB), logs in $dir"
+cluster_works || cannot "srun hostname does not work after 60 s; see the logs in $dir"
+say "running: $nodes node(s) ($names; $cpus CPUs, $memory MB in all), logs in $dir"
 echo "export SLURM_CONF=$conf"

@@ -22,6 +22,7 @@ fails and ``error.txt`` says why.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -75,6 +76,23 @@ def allocation_command(
             f"--rdzv-id={job_id}",
         ]
     return [*torchrun, "-m", "hyperp", "train", *train_arguments(run, base)]
+
+
+def _node_address(node: str) -> str:
+    """Where the other nodes reach a node: its ``NodeAddr`` (the node name unless the cluster
+    configures an address)."""
+    try:
+        shown = subprocess.run(
+            ["scontrol", "show", "node", "--oneliner", node],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return node
+    match = re.search(r"\bNodeAddr=(\S+)", shown.stdout)
+    return match.group(1) if shown.returncode == 0 and match else node
 
 
 class TrainJob:
@@ -142,7 +160,7 @@ class TrainJob:
                 self.run,
                 self.base,
                 nodes=environment.num_nodes,
-                first_node=environment.hostnames[0],
+                first_node=_node_address(environment.hostnames[0]),
                 job_id=environment.raw_job_id,
             )
         # SLURM signals every process of the job. The warning signal must not kill the trainer.
