@@ -8,10 +8,12 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
 
+from hyperp.data import prepare
 from hyperp.sweep import RunSpec, SlurmOptions, expand, load_sweep, submit_sweep
 from hyperp.sweep.slurm import _sbatch_parameters, allocation_command
 from hyperp.sweep.spec import write_sweep_record
@@ -122,6 +124,10 @@ def test_the_ladder_example_in_the_cluster_docs_plans_every_run(tmp_path):
     pytest.importorskip("hyperp.train.config")
     text = DOCS.read_text()
     (block,) = re.findall(r"```toml\n(# ladder.toml\n.*?)```", text, re.S)
+    # A small real corpus stands in for the shared one (the plan takes its vocabulary).
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    corpus = prepare([stdlib / "textwrap.py"], tmp_path / "corpus", vocab_size=300)
+    block = block.replace("/shared/data/fineweb10B", str(corpus))
     (tmp_path / "ladder.toml").write_text(block.replace("/shared/runs/ladder", "runs/ladder"))
     dry_run = ["sweep", str(tmp_path / "ladder.toml"), "--dry-run", "--json"]
     completed = subprocess.run(
