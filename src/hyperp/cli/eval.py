@@ -55,7 +55,14 @@ def _run_tasks(loaded, args) -> dict:
     except ImportError:
         raise UserError("--tasks needs lm-evaluation-harness: pip install 'hyperp[eval]'") from None
     tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
-    manager = TaskManager(include_path=args.include_path)
+    # Indexing lm-eval's thousands of built-in tasks takes a while: skip it when the tasks
+    # asked for are all in --include-path.
+    manager = None
+    if args.include_path:
+        manager = TaskManager(include_path=args.include_path, include_defaults=False)
+        if not all(name in manager.all_tasks for name in tasks):
+            manager = None
+    manager = manager or TaskManager(include_path=args.include_path)
     unknown = [name for name in tasks if name not in manager.all_tasks]
     if unknown:
         hint = " (or add --include-path DIR with their YAML)" if not args.include_path else ""

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
-from lm_eval.api.registry import model_registry, register_model
+from lm_eval.api.registry import model_registry
 
 from hyperp.serve.run import LoadedRun, load_run
 
@@ -36,13 +36,9 @@ def _ensure_builtin_models_registered() -> None:
         import lm_eval.models  # noqa: F401
 
 
-_ensure_builtin_models_registered()
-
-
-@register_model("hyperp")
 class HyperpLM(TemplateLM):
-    """A hyperp run for lm-eval: ``run`` (directory), optional ``step``, ``device``,
-    ``batch_size``, or an already loaded run as ``loaded``."""
+    """A hyperp run for lm-eval: ``run`` (directory) and optional ``step`` in model_args;
+    ``device`` and ``batch_size`` from lm-eval's own options; or a loaded run as ``loaded``."""
 
     def __init__(
         self,
@@ -165,6 +161,12 @@ class HyperpLM(TemplateLM):
             outputs.append(text)
             self.cache_hook.add_partial("generate_until", (context, request.args[1]), text)
         return outputs
+
+
+_ensure_builtin_models_registered()
+if "hyperp" not in model_registry:
+    # By import path, so that running this file as __main__ registers the same class.
+    model_registry.register("hyperp", target="hyperp.serve.lm_eval:HyperpLM")
 
 
 def main(argv: list[str] | None = None) -> None:
