@@ -176,3 +176,28 @@ def test_lm_eval_command_line_with_the_hyperp_model(task_dir):
     row = next(line for line in done.stdout.splitlines() if "hyperp_tiny_choice" in line)
     cells = [cell.strip() for cell in row.split("|")]
     assert float(cells[cells.index("acc") + 2]) == pytest.approx(accuracy, abs=1e-4)
+
+
+def test_lm_eval_hf_model_on_an_export_scores_like_the_run(tmp_path):
+    """lm-eval's stock ``hf`` model on a Qwen3 export (no remote code) gives the run's own
+    log-likelihoods, when contexts start with <|endoftext|> (add_bos_token)."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from hyperp.serve.export import export_run
+    from hyperp.serve.lm_eval import HyperpLM
+
+    run_dir = trained_run("dense_plain")
+    exported = export_run(run_dir, tmp_path / "hf")
+    pairs = [("import os\nimport", " sys"), ("def main(", "self):"), ("", "return None")]
+    requests = [
+        Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i)
+        for i, pair in enumerate(pairs)
+    ]
+    ours = HyperpLM(run=str(run_dir), device="cpu").loglikelihood(requests, disable_tqdm=True)
+    hf = HFLM(pretrained=str(exported.directory), add_bos_token=True, device="cpu", batch_size=2)
+    theirs = hf.loglikelihood(requests, disable_tqdm=True)
+    for (mine, greedy), (other, other_greedy) in zip(ours, theirs):
+        assert other == pytest.approx(mine, abs=1e-4) and greedy == other_greedy

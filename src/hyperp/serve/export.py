@@ -223,15 +223,17 @@ def _write_tokenizer(run: LoadedRun, directory: Path) -> list[str]:
 
 def _readme(run: LoadedRun, architecture: str, remote: bool, dtype: str) -> str:
     model = run.config.model
-    load = "AutoModelForCausalLM.from_pretrained(path" + (
-        ", trust_remote_code=True)" if remote else ")"
-    )
+    trust = ", trust_remote_code=True" if remote else ""
     if remote:
+        features = []
+        if model.gated_attention:
+            features.append("gated attention")
+        if model.is_moe:
+            gates = "SqrtGate" if model.moe_sqrt_gate else "softmax gates"
+            shared = " and a shared expert" if model.moe_shared_expert else ""
+            features.append(f"MoE with {gates}{shared}")
         why = (
-            "No stock `transformers` architecture computes this model "
-            f"({'gated attention' if model.gated_attention else ''}"
-            f"{', ' if model.gated_attention and model.is_moe else ''}"
-            f"{'MoE with ' + ('SqrtGate' if model.moe_sqrt_gate else 'softmax gates') + (' and a shared expert' if model.moe_shared_expert else '') if model.is_moe else ''}), "
+            f"No stock `transformers` architecture computes this model ({', '.join(features)}), "
             "so this directory carries `modeling_hyperp.py` and `configuration_hyperp.py`, which "
             "reproduce hyperp's forward exactly. Load it with `trust_remote_code=True`."
         )
@@ -252,8 +254,8 @@ Architecture: `{architecture}`, weights in {dtype}. {why}
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 path = "."  # this directory
-model = {load}
-tokenizer = AutoTokenizer.from_pretrained(path)
+model = AutoModelForCausalLM.from_pretrained(path{trust})
+tokenizer = AutoTokenizer.from_pretrained(path{trust})
 ids = tokenizer("def main(", return_tensors="pt").input_ids  # starts with <|endoftext|>
 print(tokenizer.decode(model.generate(ids, max_new_tokens=50)[0], skip_special_tokens=True))
 ```
