@@ -164,17 +164,16 @@ class Attention(nn.Module):
         if self._hyperp_monitor is not None:
             self._hyperp_monitor.record_attention(self.layer_index, q, k, self.softmax_scale)
         mask = None
-        if cache is not None and cache.length > 0:
+        if cache is not None:
             k, v = cache.update(self.layer_index, k, v)
-            mask = _cached_causal_mask(length, k.shape[2], x.device)
-        elif cache is not None:
-            cache.update(self.layer_index, k, v)
+            if k.shape[2] > length:  # queries after cached positions: a bottom-right mask
+                mask = _cached_causal_mask(length, k.shape[2], x.device)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
-            is_causal=mask is None and k.shape[2] == length,
+            is_causal=k.shape[2] == length,
             scale=self.softmax_scale,
             enable_gqa=self.n_heads != self.n_kv_heads,
         )

@@ -53,6 +53,8 @@ class HyperpLM(TemplateLM):
         if loaded is None:
             if run is None:
                 raise ValueError("the hyperp model needs model_args run=RUN_DIR")
+            if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+                device = "cpu"  # lm-eval's default device is cuda:0, also on CPU machines
             loaded = load_run(run, step=None if step in (None, "") else int(step), device=device)
         self.run = loaded
         self.model = loaded.model
