@@ -125,6 +125,8 @@ def evaluate_text(
         predicted = len(source) - 1
         if max_tokens is not None:
             predicted = min(predicted, max_tokens)
+        if predicted < 1:
+            raise ValueError("nothing to evaluate: the data has fewer than two tokens")
         starts = list(range(0, predicted, context))
         total_nats, total_bytes = 0.0, 0
         bar = tqdm(total=predicted, unit="tok", disable=not progress, desc="eval", leave=False)

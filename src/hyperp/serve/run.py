@@ -18,6 +18,7 @@ import torch
 
 from hyperp.data.preparation import EOT_TOKEN
 from hyperp.model import Transformer
+from hyperp.model.transformer import rope_tables
 from hyperp.serve.metrics import read_metrics
 from hyperp.train.checkpoint import load_model_weights
 from hyperp.train.config import RunConfig, read_run_config
@@ -124,8 +125,7 @@ def _build_model(config: RunConfig, state: dict[str, torch.Tensor], device: torc
             f"unexpected {unexpected[:3]}); was config.json edited after training?"
         )
     model.load_state_dict(state)
-    from hyperp.model.transformer import rope_tables
-
+    # The RoPE tables are buffers outside the state dict; compute them as __init__ does.
     cos, sin = rope_tables(config.model.head_dim, config.model.context, config.model.rope_base)
     model.rope_cos.copy_(cos)
     model.rope_sin.copy_(sin)
