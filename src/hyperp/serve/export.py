@@ -194,6 +194,15 @@ def _remote_config(model: ModelConfig, eot_id: int | None, dtype: str):
     return config
 
 
+def _write_config(config, path: Path) -> None:
+    values = config.to_dict()
+    # Tools that predate transformers 5 (llama.cpp converters, older vLLM) read the RoPE base
+    # from the top level; transformers 5 reads rope_parameters.
+    rope = values.get("rope_parameters") or {}
+    values.setdefault("rope_theta", rope.get("rope_theta"))
+    path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
 def _write_tokenizer(run: LoadedRun, directory: Path) -> list[str]:
     """``tokenizer.json`` that starts every text with the end-of-text id (a new document, as
     in training and in ``hyperp generate``), and its ``tokenizer_config.json``."""
@@ -261,9 +270,8 @@ print(tokenizer.decode(model.generate(ids, max_new_tokens=50)[0], skip_special_t
 ```
 
 The tokenizer starts every text with `<|endoftext|>`, which preceded every training document.
-Shape: depth {model.depth}, width {model.width}, {model.n_heads} query heads and
-{model.n_kv_heads} KV heads of dimension {model.head_dim}, vocabulary {model.vocab_size},
-context {model.context}.
+
+Shape: depth {model.depth}, width {model.width}, {model.n_heads} query heads and {model.n_kv_heads} KV heads of dimension {model.head_dim}, vocabulary {model.vocab_size}, context {model.context}.
 """
 
 
@@ -311,7 +319,7 @@ def export_run(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         files = _write_weights(weights, staging, max_shard_size)
-        config.to_json_file(str(staging / "config.json"), use_diff=False)
+        _write_config(config, staging / "config.json")
         GenerationConfig(
             bos_token_id=run.eot_id, eos_token_id=run.eot_id, pad_token_id=run.eot_id
         ).save_pretrained(staging)
