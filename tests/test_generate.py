@@ -110,7 +110,8 @@ def test_cli_generate_output_arrives_while_decoding(tmp_path):
     prompt.write_text("import os\n")
     command = [sys.executable, "-m", "hyperp", "generate", str(run), "--prompt-file"]
     process = subprocess.Popen(
-        [*command, str(prompt), "--max-new-tokens", "2000", "--temperature", "1.0"],
+        # Greedy, so the text (and that it does not end the document early) is fixed.
+        [*command, str(prompt), "--max-new-tokens", "200", "--temperature", "0"],
         stdout=subprocess.PIPE,
         env=subprocess_env(),
     )
@@ -118,6 +119,8 @@ def test_cli_generate_output_arrives_while_decoding(tmp_path):
         first = process.stdout.read(len("import os\n") + 1)
         assert first.startswith(b"import os\n")
         assert process.poll() is None  # still decoding
+        rest = process.stdout.read()
+        assert len(rest) > 50 and process.wait() == 0
     finally:
         process.kill()
         process.wait()
