@@ -201,3 +201,27 @@ def test_lm_eval_hf_model_on_an_export_scores_like_the_run(tmp_path):
     theirs = hf.loglikelihood(requests, disable_tqdm=True)
     for (mine, greedy), (other, other_greedy) in zip(ours, theirs):
         assert other == pytest.approx(mine, abs=1e-4) and greedy == other_greedy
+
+
+def test_lm_eval_generation_stops_where_the_task_says(capsys):
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+
+    from hyperp.serve.lm_eval import HyperpLM
+
+    run_dir = trained_run("dense_ga")
+    model = HyperpLM(run=str(run_dir), device="cpu")
+    for prompt in ["def main", "import os\nclass "]:
+        capsys.readouterr()
+        assert main(["generate", str(run_dir), "--prompt", prompt, "--temperature", "0",
+                     "--max-new-tokens", "20", "--device", "cpu"]) == 0  # fmt: skip
+        greedy = capsys.readouterr().out[len(prompt) : -1]
+        stop = greedy[4:6]  # a string the greedy continuation does contain
+        options = {"until": [stop], "max_gen_toks": 20}
+        request = Instance(
+            request_type="generate_until", doc={}, arguments=(prompt, options), idx=0
+        )
+        (answer,) = model.generate_until([request])
+        assert answer == greedy[: greedy.index(stop)]
+    with pytest.raises(ValueError, match="unknown model_args"):
+        HyperpLM(run=str(run_dir), stpe=3)

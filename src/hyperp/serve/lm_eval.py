@@ -47,9 +47,15 @@ class HyperpLM(TemplateLM):
         device: str | None = None,
         batch_size: int | str | None = 8,
         loaded: LoadedRun | None = None,
-        **unused,
+        max_batch_size: int | None = None,
+        **unknown,
     ) -> None:
         super().__init__()
+        if unknown:
+            raise ValueError(
+                f"unknown model_args for the hyperp model: {', '.join(sorted(unknown))}; "
+                "it takes run=RUN_DIR and step=N"
+            )
         if loaded is None:
             if run is None:
                 raise ValueError("the hyperp model needs model_args run=RUN_DIR")
@@ -136,9 +142,8 @@ class HyperpLM(TemplateLM):
         for request in requests:
             context, options = request.args
             options = dict(options or {})
-            until = options.pop("until", None) or [self.tok_decode([self.eot_token_id])]
-            if isinstance(until, str):
-                until = [until]
+            until = options.pop("until", None) or []
+            until = [stop for stop in ([until] if isinstance(until, str) else until) if stop]
             max_new = int(options.pop("max_gen_toks", 256))
             sample = bool(options.pop("do_sample", False))
             temperature = float(options.pop("temperature", 1.0 if sample else 0.0))
