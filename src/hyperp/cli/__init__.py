@@ -20,6 +20,10 @@ VERBS: dict[str, str] = {
     "fit": "hyperp.cli.fit",
     "sweep": "hyperp.cli.sweep",
     "reproduce": "hyperp.cli.reproduce",
+    "generate": "hyperp.cli.generate",
+    "eval": "hyperp.cli.eval",
+    "export": "hyperp.cli.export",
+    "plot": "hyperp.cli.plot",
 }
 
 

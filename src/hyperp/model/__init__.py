@@ -2,10 +2,11 @@
 
 from hyperp.model.config import ModelConfig
 from hyperp.model.moe import MoE, SwiGLU, load_balancing_loss
-from hyperp.model.transformer import Block, ModelOutput, RMSNorm, Transformer
+from hyperp.model.transformer import Block, KVCache, ModelOutput, RMSNorm, Transformer
 
 __all__ = [
     "Block",
+    "KVCache",
     "MoE",
     "ModelConfig",
     "ModelOutput",

@@ -4,11 +4,16 @@ RMSNorm with gains, RoPE on the full head, grouped-query attention with optional
 per-head output gates, SwiGLU MLP (or MoE), untied embedding and head, no biases, Depth-muP
 branch multiplier ``1/sqrt(2L)``. The residual stream is kept in fp32. Every parameter carries
 its optimizer role (``hyperp.optim.roles``), so ``build_optimizer`` needs no guessing.
+
+Incremental decoding: ``forward(tokens, cache=KVCache(...))`` runs only the new tokens against the
+keys and values cached so far (RoPE positions continue from the cache's length), and
+:meth:`Transformer.generate` / :meth:`Transformer.stream` sample with it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +24,16 @@ from hyperp.model.config import ModelConfig
 from hyperp.model.moe import MoE, SwiGLU
 from hyperp.optim.roles import Role, set_role
 
-__all__ = ["Attention", "Block", "ModelOutput", "RMSNorm", "Transformer", "apply_rope"]
+__all__ = [
+    "Attention",
+    "Block",
+    "KVCache",
+    "ModelOutput",
+    "RMSNorm",
+    "Transformer",
+    "apply_rope",
+    "sample_next_token",
+]
 
 
 @dataclass
@@ -70,6 +84,42 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotated * sin).to(dtype)
 
 
+class KVCache:
+    """The keys and values of every attention layer for a batch of sequences being decoded.
+
+    One buffer per layer, ``batch x kv_heads x capacity x head_dim``, allocated on first use in
+    the dtype of the keys (bf16 under autocast) and filled up to ``length``. The model advances
+    ``length`` after each forward; RoPE positions of new tokens start at ``length``.
+    """
+
+    def __init__(self, depth: int, capacity: int) -> None:
+        self.capacity = capacity
+        self.length = 0
+        self.keys: list[torch.Tensor | None] = [None] * depth
+        self.values: list[torch.Tensor | None] = [None] * depth
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this layer's new keys and values; return all of them so far."""
+        end = self.length + k.shape[2]
+        if self.keys[layer] is None:
+            shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
+            self.keys[layer], self.values[layer] = k.new_empty(shape), v.new_empty(shape)
+        keys, values = self.keys[layer], self.values[layer]
+        keys[:, :, self.length : end] = k
+        values[:, :, self.length : end] = v
+        return keys[:, :, :end], values[:, :, :end]
+
+
+def _cached_causal_mask(new: int, total: int, device: torch.device) -> torch.Tensor | None:
+    """Causal mask of ``new`` queries that follow ``total - new`` cached positions (None when
+    one query may see everything)."""
+    if new == 1:
+        return None
+    return torch.ones(new, total, dtype=torch.bool, device=device).tril(diagonal=total - new)
+
+
 class Attention(nn.Module):
     """Causal grouped-query attention with optional QK-norm and gated heads (METHOD.md 3)."""
 
@@ -95,7 +145,13 @@ class Attention(nn.Module):
                 set_role(linear.weight, Role.MATRIX)
         self._hyperp_monitor = None  # set by hyperp.monitor.collect on logging steps only
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
         batch, length, _ = x.shape
         q = self.q(x).view(batch, length, self.n_heads, self.head_dim)
         k = self.k(x).view(batch, length, self.n_kv_heads, self.head_dim)
@@ -107,11 +163,17 @@ class Attention(nn.Module):
         v = v.transpose(1, 2)
         if self._hyperp_monitor is not None:
             self._hyperp_monitor.record_attention(self.layer_index, q, k, self.softmax_scale)
+        mask = None
+        if cache is not None:
+            k, v = cache.update(self.layer_index, k, v)
+            if k.shape[2] > length:  # queries after cached positions: a bottom-right mask
+                mask = _cached_causal_mask(length, k.shape[2], x.device)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
-            is_causal=True,
+            attn_mask=mask,
+            is_causal=k.shape[2] == length,
             scale=self.softmax_scale,
             enable_gqa=self.n_heads != self.n_kv_heads,
         )
@@ -140,9 +202,13 @@ class Block(nn.Module):
         self._hyperp_monitor = None  # set by hyperp.monitor.collect on logging steps only
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_out = self.attn(self.attn_norm(x), cos, sin) * self.residual_multiplier
+        attn_out = self.attn(self.attn_norm(x), cos, sin, cache) * self.residual_multiplier
         x = x + attn_out.float()
         mlp_out = self.mlp(self.mlp_norm(x))
         aux = None
@@ -197,22 +263,33 @@ class Transformer(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embedding
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+    ) -> ModelOutput:
+        """Logits of ``tokens`` (batch x length); with ``cache``, ``tokens`` are the next
+        positions after those already cached, and their keys and values are appended."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be batch x length, got shape {tuple(tokens.shape)}")
-        length = tokens.shape[1]
-        if length > self.config.context:
+        start = 0 if cache is None else cache.length
+        end = start + tokens.shape[1]
+        if end > self.config.context:
             raise ValueError(
-                f"sequence length {length} exceeds model.context = {self.config.context}; "
+                f"sequence length {end} exceeds model.context = {self.config.context}; "
                 "shorten the sequences or raise model.context"
             )
-        cos, sin = self.rope_cos[:length], self.rope_sin[:length]
+        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
         x = self.embedding(tokens).float()
         aux_loss = x.new_zeros(())
         for block in self.blocks:
-            x, block_aux = block(x, cos, sin)
+            x, block_aux = block(x, cos, sin, cache)
             if block_aux is not None:
                 aux_loss = aux_loss + block_aux
+        if cache is not None:
+            cache.length = end
         logits = self.head(self.final_norm(x))
         if self.config.output_multiplier != 1.0:
             logits = logits * self.config.output_multiplier
@@ -226,3 +303,101 @@ class Transformer(nn.Module):
     def num_params(self) -> int:
         """Trainable parameters actually allocated (compare ``config.num_params()``)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @torch.no_grad()
+    def stream(
+        self,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield ``max_new_tokens`` sampled tokens (each of shape ``batch``), one at a time.
+
+        Each step runs only the newest token against the KV cache. When the cache reaches
+        ``model.context`` it is rebuilt from the last ``context // 2`` tokens, so decoding can
+        run past the context the model was trained with (seeing at most a context of history).
+        ``temperature = 0`` is greedy decoding.
+        """
+        context = self.config.context
+        if prompt.ndim != 2 or prompt.shape[1] == 0:
+            raise ValueError("the prompt must be batch x length with at least one token")
+        if prompt.shape[1] > context:
+            raise ValueError(
+                f"the prompt has {prompt.shape[1]} tokens, more than model.context = {context}; "
+                "shorten the prompt"
+            )
+        cache = KVCache(self.config.depth, context)
+        logits = self(prompt, cache=cache).logits[:, -1]
+        history = prompt
+        for produced in range(1, max_new_tokens + 1):
+            token = sample_next_token(logits, temperature, top_k, top_p, generator)
+            yield token
+            if produced == max_new_tokens:
+                return
+            history = torch.cat([history[:, -context:], token[:, None]], dim=1)
+            if cache.length == context:
+                cache = KVCache(self.config.depth, context)
+                logits = self(history[:, -(context // 2) :], cache=cache).logits[:, -1]
+            else:
+                logits = self(token[:, None], cache=cache).logits[:, -1]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The prompt followed by ``max_new_tokens`` sampled tokens (see :meth:`stream`)."""
+        new = list(
+            self.stream(
+                prompt,
+                max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
+            )
+        )
+        return torch.cat([prompt, *(token[:, None] for token in new)], dim=1)
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token per row of ``logits`` (batch x vocab): greedy when ``temperature`` is 0,
+    else sampled from the softmax at that temperature, restricted to the ``top_k`` most likely
+    tokens and to the smallest set whose probability reaches ``top_p`` (nucleus)."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_largest, -math.inf)
+    if top_p is not None and top_p < 1.0:
+        if top_p <= 0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        ordered, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(ordered, dim=-1)
+        # Drop a token when the tokens more likely than it already reach top_p.
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        ordered = ordered.masked_fill(drop, -math.inf)
+        logits = torch.full_like(logits, -math.inf).scatter(-1, order, ordered)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
