@@ -68,15 +68,13 @@ def token_byte_lengths(tokenizer, size: int) -> np.ndarray:
 def _open_tokens(run: LoadedRun, paths: Sequence[str | os.PathLike[str]], split: str, workdir):
     """The token source to evaluate: a prepared directory's split, or the given raw text
     tokenized into ``workdir``."""
-    from tokenizers import Tokenizer
-
-    from hyperp.data import open_corpus, prepare
+    from hyperp.data import load_tokenizer_file, open_corpus, prepare
 
     single = Path(paths[0]) if len(paths) == 1 else None
     if single is not None and (single / "meta.json").is_file():
         corpus = open_corpus(single)
         if corpus.tokenizer_path is None or (
-            Tokenizer.from_file(str(corpus.tokenizer_path)).to_str() != run.tokenizer.to_str()
+            load_tokenizer_file(corpus.tokenizer_path).to_str() != run.tokenizer.to_str()
         ):
             raise ValueError(
                 f"{single} was prepared with a different tokenizer than the run's; pass the raw "

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from hyperp.data import load_tokenizer_file
 from hyperp.data.preparation import EOT_TOKEN
 from hyperp.model import Transformer
 from hyperp.model.transformer import rope_tables
@@ -140,8 +141,6 @@ def load_run(
     """Load a run directory: ``.model`` (eval mode), ``.config``, ``.tokenizer``, ``.step``,
     ``.metrics``. ``step=None`` takes the newest complete checkpoint; ``device=None`` picks
     CUDA when available."""
-    from tokenizers import Tokenizer
-
     run_dir = Path(path)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
@@ -153,7 +152,7 @@ def load_run(
         path=run_dir,
         model=model,
         config=config,
-        tokenizer=Tokenizer.from_file(str(tokenizer_file)),
+        tokenizer=load_tokenizer_file(tokenizer_file),
         tokenizer_path=tokenizer_file,
         step=loaded_step,
         metrics=read_metrics(run_dir),

@@ -129,6 +129,15 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def _same_file(a, b) -> bool:
+    import os
+
+    try:
+        return os.path.samestat(os.fstat(a.fileno()), os.fstat(b.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 class RunLog:
     """What a person reads: messages and a plain line every ``log_every`` steps.
 
@@ -145,6 +154,8 @@ class RunLog:
         self.total_steps, self.start_step = total_steps, start_step
         self.file = path.open("a", encoding="utf-8") if path is not None else None
         self.on_terminal = sys.stdout.isatty()
+        # A launcher that sends stdout into train.log itself gets each line once.
+        self.echo = self.file is None or not _same_file(sys.stdout, self.file)
         self.bar = None
         if path is not None and progress and self.on_terminal:
             from tqdm import tqdm
@@ -163,7 +174,7 @@ class RunLog:
             return
         if self.bar is not None:
             self.bar.write(message)
-        else:
+        elif self.echo:
             print(message, flush=True)
         self.file.write(message + "\n")
         self.file.flush()
@@ -203,7 +214,7 @@ class RunLog:
             if "tokens_per_s" in record:
                 shown["tok/s"] = f"{record['tokens_per_s']:.3g}"
             self.bar.set_postfix(shown, refresh=False)
-        else:
+        elif self.echo:
             print(line, flush=True)
 
     def close(self) -> None:

@@ -67,7 +67,9 @@ class RunResult:
 
 
 class _StopFlag:
-    """Ctrl-C / SIGTERM: finish the current step, checkpoint, exit cleanly."""
+    """Ctrl-C / SIGTERM: finish the current step, checkpoint, exit cleanly. A second Ctrl-C
+    stops at once; a repeated SIGTERM does not (schedulers may deliver it to every process of
+    a job, some twice)."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -80,9 +82,9 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.signal is not None:  # a second Ctrl-C: stop at once
+        if self.signal is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
-        self.signal = signum
+        self.signal = self.signal or signum
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
