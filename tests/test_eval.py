@@ -24,16 +24,21 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
 def direct_loss(run, text: str) -> tuple[float, int]:
-    """Summed nats over the tokens of one document, computed here by hand: windows of the
-    model's context, each predicting the tokens after its first."""
+    """Summed nats over the tokens of one document, computed here by hand: blocks of the
+    model's context, each predicted from the token before it; the last, shorter block from a
+    whole context of the tokens before it."""
     ids = run.encode(text)
     context, total, count = run.config.model.context, 0.0, 0
     with torch.no_grad():
         for start in range(0, len(ids) - 1, context):
-            window = torch.tensor([ids[start : start + context + 1]])
+            end = min(start + context, len(ids) - 1)  # predicts ids[start + 1 : end + 1]
+            window = torch.tensor([ids[max(0, end - context) : end + 1]])
             logits = run.model(window[:, :-1]).logits
-            total += F.cross_entropy(logits[0], window[0, 1:], reduction="sum").item()
-            count += window.shape[1] - 1
+            scored = end - start
+            total += F.cross_entropy(
+                logits[0, -scored:], window[0, -scored:], reduction="sum"
+            ).item()
+            count += scored
     return total, count
 
 

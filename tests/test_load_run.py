@@ -49,8 +49,11 @@ def test_load_run_takes_an_earlier_step_and_names_the_ones_there_are():
 def test_tokenizer_comes_from_the_run_first_then_the_corpus(tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run("dense_ga"), run_dir)
+    # The trainer keeps a copy of its data's tokenizer in the run directory.
+    assert hyperp.load_run(run_dir, device="cpu").tokenizer_path == run_dir / "tokenizer.json"
+    (run_dir / "tokenizer.json").unlink()
     assert hyperp.load_run(run_dir, device="cpu").tokenizer_path == corpus() / "tokenizer.json"
-    # A run trained on a corpus that has since moved: the run's own copy is used...
+    # Without the run's copy, a corpus that has since moved is a clear error.
     config = json.loads((run_dir / "config.json").read_text())
     config["data"]["path"] = str(tmp_path / "moved")
     (run_dir / "config.json").write_text(json.dumps(config))

@@ -2,8 +2,9 @@
 
 The text is a prepared directory (its validation split by default) or raw text files, which
 are tokenized exactly as ``hyperp prepare`` would, with the run's tokenizer: each document
-preceded by the end-of-text id. The token stream is cut into consecutive windows of the
-model's context; every token after the first is predicted once. Bits per byte divide the
+preceded by the end-of-text id. The token stream is cut into consecutive blocks of the
+model's context; every token after the first is predicted once, and a short last block is
+predicted from a whole context of the tokens before it (as lm-eval's rolling windows do). Bits per byte divide the
 summed loss (in bits) by the UTF-8 bytes of the predicted tokens, so runs with different
 tokenizers compare on the same text.
 """
@@ -125,23 +126,24 @@ def evaluate_text(
             predicted = min(predicted, max_tokens)
         if predicted < 1:
             raise ValueError("nothing to evaluate: the data has fewer than two tokens")
-        starts = list(range(0, predicted, context))
+        # (first predicted position, how many): consecutive blocks of one context each.
+        blocks = [(s, min(context, predicted - s)) for s in range(0, predicted, context)]
         total_nats, total_bytes = 0.0, 0
         bar = tqdm(total=predicted, unit="tok", disable=not progress, desc="eval", leave=False)
-        for first in range(0, len(starts), batch_size):
-            # Windows of one batch share a length; only the stream's last window is shorter.
-            group = starts[first : first + batch_size]
-            for length in sorted({min(context, predicted - s) for s in group}, reverse=True):
-                rows = [s for s in group if min(context, predicted - s) == length]
-                window = np.stack([np.asarray(source[s : s + length + 1]) for s in rows])
+        for first in range(0, len(blocks), batch_size):
+            # A short last block still sees a whole context: the tokens before it (as
+            # lm-eval's rolling windows do). Windows of one batch share a length.
+            group = blocks[first : first + batch_size]
+            for size in sorted({min(context, s + n) for s, n in group}, reverse=True):
+                rows = [(s, n) for s, n in group if min(context, s + n) == size]
+                window = np.stack([np.asarray(source[s + n - size : s + n + 1]) for s, n in rows])
                 tokens = torch.from_numpy(window.astype(np.int64)).to(run.device)
                 logits = run.model(tokens[:, :-1]).logits.float()
-                targets = tokens[:, 1:]
-                total_nats += F.cross_entropy(
-                    logits.flatten(0, 1), targets.flatten(), reduction="sum"
-                ).item()
-                total_bytes += int(byte_lengths[targets.cpu()].sum())
-                bar.update(targets.numel())
+                for row, (_, n) in enumerate(rows):
+                    targets = tokens[row, -n:]
+                    total_nats += F.cross_entropy(logits[row, -n:], targets, reduction="sum").item()
+                    total_bytes += int(byte_lengths[targets.cpu()].sum())
+                    bar.update(n)
         bar.close()
     loss = total_nats / predicted
     return TextEvaluation(
