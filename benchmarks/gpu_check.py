@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hyperp.optim import MuonH
-from optim_step import hidden_matrix_shapes, make_params
+from optim_step import hidden_matrix_shapes, measure
 
 
 def _sync(device: torch.device) -> None:
@@ -80,23 +80,7 @@ def optimizer_step(device: torch.device, smoke: bool) -> dict:
         "torch.optim.Muon": lambda p: torch.optim.Muon(p, lr=0.02, weight_decay=0.0),
         "MuonH": lambda p: MuonH(p, lr=0.02, ns_dtype=torch.bfloat16),
     }
-    optimizers = {}
-    for name, build in builders.items():
-        torch.manual_seed(0)
-        params = make_params(shapes, device)
-        for p in params:
-            p.grad = torch.randn_like(p)
-        optimizers[name] = build(params)
-    times: dict[str, list[float]] = {name: [] for name in optimizers}
-    for repeat in range(3 if smoke else 25):
-        for name, optimizer in optimizers.items():
-            _sync(device)
-            start = time.perf_counter()
-            optimizer.step()
-            _sync(device)
-            if repeat >= 2:
-                times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians = measure(builders, shapes, device, warmup=2, repeats=3 if smoke else 25)
     return {
         "width": width,
         "matrices": len(shapes),
