@@ -531,6 +531,222 @@ CASES = [
 ]
 
 
+# -- train, check, sweep and the Python API -------------------------------------------------------
+
+TINY = [
+    "--model.depth=2", "--model.width=32", "--model.head_dim=16", "--model.n_kv_heads=2",
+    "--model.context=32", "--train.batch_size=4", "--train.seq_len=32", "--train.steps=2",
+    "--train.progress=false",
+]  # fmt: skip
+
+
+def _train(scene: Scene, *args: str, out: str = "run") -> list[str]:
+    data = f"--data.path={scene.reference}"
+    return ["train", "--out", str(scene.path(out)), *TINY, data, *args]
+
+
+def _config_file(scene: Scene, text: str) -> list[str]:
+    return ["train", "--config", str(scene.file("run.toml", text)), "--out", str(scene.path("r"))]
+
+
+def _old_run(scene: Scene) -> Path:
+    """A run directory (config and metrics) trained with model.width 48."""
+    from hyperp.train import load_config
+
+    overrides = [*TINY, "--model.width=48", f"--data.path={scene.reference}"]
+    config = load_config("tiny", overrides).resolve(open_corpus(scene.reference).vocab_size)
+    run = scene.path("run")
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({**config.to_dict(), "plan": {}}))
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n')
+    return run
+
+
+def _sweep_file(scene: Scene, text: str) -> list[str]:
+    return ["sweep", str(scene.file("grid.toml", text)), "--dry-run"]
+
+
+def _model(**overrides):
+    from hyperp.model import ModelConfig, Transformer
+
+    values = dict(depth=2, width=32, head_dim=16, n_kv_heads=2, context=16) | overrides
+    return Transformer(ModelConfig(**values))
+
+
+def _zero_matrix():
+    import torch
+
+    from hyperp.optim import MuonH
+
+    return MuonH([torch.nn.Parameter(torch.zeros(4, 4))])
+
+
+def _optimizer(method: str):
+    from hyperp.optim import build_optimizer
+
+    return build_optimizer(_model(vocab_size=64), method)
+
+
+def _resolve_small_vocab():
+    from hyperp.train import load_config
+
+    return load_config("tiny", {"model.vocab_size": 100}).resolve(8192)
+
+
+def _newton_schulz_vector():
+    import torch
+
+    from hyperp.optim import newton_schulz
+
+    return newton_schulz(torch.ones(5))
+
+
+MORE_CASES = [
+    BadInput("train-unknown-preset", lambda s: ["train", "--config", "tinyy"], r"preset name"),
+    BadInput("train-typo-key", lambda s: _train(s, "--train.stesp=3"), r"did you mean train.steps"),
+    BadInput("train-text-for-int", lambda s: _train(s, "--model.depth=deep"), r"not a valid int"),
+    BadInput("train-unknown-section", lambda s: _train(s, "--trian.steps=3"), r"SECTION one of"),
+    BadInput(
+        "train-toml-float-for-int",
+        lambda s: _config_file(s, "[train]\nsteps = 2.5\n"),
+        r"train.steps must be an integer, got 2.5",
+    ),
+    BadInput(
+        "train-toml-bool-for-int",
+        lambda s: _config_file(s, "[model]\ndepth = true\n"),
+        r"model.depth must be an integer, got True",
+    ),
+    BadInput(
+        "train-toml-string-for-bool",
+        lambda s: _config_file(s, '[train]\ncompile = "maybe"\n'),
+        r"not a valid bool",
+    ),
+    BadInput("train-toml-syntax", lambda s: _config_file(s, "[train\n"), r"not valid TOML"),
+    BadInput(
+        "train-toml-unknown-section",
+        lambda s: _config_file(s, "[trainer]\nsteps = 3\n"),
+        r"unknown config sections \['trainer'\]",
+    ),
+    BadInput("train-negative-stop-after", lambda s: _train(s, "--stop-after", "-3"), r"at least 1"),
+    BadInput(
+        "train-missing-data",
+        lambda s: ["train", "--out", str(s.path("run")), "--data.path", str(s.path("nowhere"))],
+        r"does not exist; create it with `hyperp prepare",
+    ),
+    BadInput(
+        "train-vocab-smaller-than-data",
+        lambda s: _train(s, "--model.vocab_size=100"),
+        r"--model.vocab_size 100 is smaller than the vocabulary of .* use --model.vocab_size 300",
+    ),
+    BadInput(
+        "train-batch-not-divisible",
+        lambda s: _train(s, "--train.batch_size=5", "--train.grad_accum=2"),
+        r"must be a multiple of processes x grad_accum",
+    ),
+    BadInput(
+        "train-seq-longer-than-context",
+        lambda s: _train(s, "--train.seq_len=64"),
+        r"exceeds model.context",
+    ),
+    BadInput("train-unknown-method", lambda s: _train(s, "--optim.method=sgd"), r"optim.method"),
+    BadInput(
+        "train-negative-lr", lambda s: _train(s, "--optim.lr=-1"), r"optim.lr must be positive"
+    ),
+    BadInput(
+        "train-resume-must-without-checkpoint",
+        lambda s: _train(s, "--resume", "must"),
+        r"no checkpoint to resume",
+    ),
+    BadInput(
+        "train-changed-config",
+        lambda s: then(_old_run(s), _train(s)),
+        r"holds a run with a different config \(model.width: 48 -> 32",
+        keep=("run/config.json", "run/metrics.jsonl"),
+    ),
+    BadInput(
+        "train-resume-never-on-a-run",
+        lambda s: then(_old_run(s), _train(s, "--model.width=48", "--resume", "never")),
+        r"already holds a run; pass --resume auto",
+        keep=("run/config.json",),
+    ),
+    BadInput(
+        "train-heads-not-multiple",
+        lambda s: _train(s, "--model.n_heads=3"),
+        r"multiple of model.n_kv_heads",
+    ),
+    BadInput("check-one-width", lambda s: ["check", "--widths", "16"], r"at least two widths"),
+    BadInput(
+        "check-reserved-model-key",
+        lambda s: ["check", "--model.depth", "3"],
+        r"set it with the check's own --depths",
+    ),
+    BadInput(
+        "check-text-for-int",
+        lambda s: ["check", "--widths", "16", "32", "--model.n_heads", "four"],
+        r"--model.n_heads 'four' is not a valid int",
+    ),
+    BadInput(
+        "check-old-syntax",
+        lambda s: ["check", "--model", "n_heads=4"],
+        r"overrides look like --SECTION.KEY VALUE",
+    ),
+    BadInput("check-zero-width", lambda s: ["check", "--widths", "0", "16"], r"positive"),
+    BadInput(
+        "sweep-missing-file",
+        lambda s: ["sweep", str(s.path("nothing.toml")), "--dry-run"],
+        r"nothing.toml",
+    ),
+    BadInput(
+        "sweep-unknown-top-level-key",
+        lambda s: _sweep_file(s, 'base = "tiny"\nworkres = 2\n[axes]\n"optim.lr" = [0.01]\n'),
+        r"workres",
+    ),
+    BadInput(
+        "sweep-unknown-axis-key",
+        lambda s: _sweep_file(s, 'base = "tiny"\n[axes]\n"optim.lrr" = [0.01, 0.02]\n'),
+        r"grid.toml: unknown config key optim.lrr; did you mean optim.lr",
+    ),
+    BadInput(
+        "sweep-bad-launcher",
+        lambda s: _sweep_file(
+            s, 'base = "tiny"\n[launcher]\nkind = "pbs"\n[axes]\n"optim.lr" = [0.01]\n'
+        ),
+        r"\[launcher\] kind must be one of local, slurm",
+    ),
+    BadInput(
+        "sweep-text-for-int-axis",
+        lambda s: _sweep_file(s, 'base = "tiny"\n[axes]\n"train.steps" = [10, "many"]\n'),
+        r"grid.toml: --train.steps 'many' is not a valid int",
+    ),
+    BadInput(
+        "api-model-without-vocabulary",
+        lambda s: lambda: _model(),
+        r"model.vocab_size is not set",
+        exit_code=2,
+    ),
+    BadInput("api-zero-matrix", lambda s: _zero_matrix, r"no sphere to stay on"),
+    BadInput("api-unknown-method", lambda s: lambda: _optimizer("sgd"), r"unknown method 'sgd'"),
+    BadInput("api-vocab-below-data", lambda s: _resolve_small_vocab, r"smaller than the data's"),
+    BadInput(
+        "api-newton-schulz-vector", lambda s: _newton_schulz_vector, r"needs a matrix", exit_code=2
+    ),
+    BadInput(
+        "api-load-run-missing",
+        lambda s: api(__import__("hyperp").load_run, s.path("no-run")),
+        r"does not exist",
+    ),
+    BadInput(
+        "api-srun-without-procid",
+        lambda s: api(
+            __import__("hyperp.train.distributed", fromlist=["x"]).launch_environment,
+            {"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "2", "SLURM_LOCALID": "0"},
+        ),
+        r"SLURM_PROCID is not set",
+    ),
+]
+CASES = CASES + MORE_CASES
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("reference")
@@ -565,7 +781,7 @@ def run_case(case: BadInput, scene: Scene, capsys) -> None:
         errors = [line for line in stderr.splitlines() if ": error: " in line]
         assert len(errors) == 1, stderr
         message = errors[0]
-        assert message.startswith("hyperp prepare: error: ") or "usage:" in stderr, stderr
+        assert re.match(r"hyperp [a-z]+( [a-z]+)?: error: ", message) or "usage:" in stderr, stderr
     assert "\n" not in message.strip(), message
     assert re.search(case.message, message), f"{case.id}: {message!r}"
     assert code == case.exit_code, (case.id, code, message)
@@ -590,4 +806,6 @@ def test_bad_input(case, reference, tmp_path, monkeypatch, capsys):
 
 
 def test_the_table_is_large_and_names_are_unique():
-    assert len(CASES) >= 15 and len({case.id for case in CASES}) == len(CASES)
+    assert len(CASES) >= 40 and len({case.id for case in CASES}) == len(CASES)
+    verbs = {case.id.split("-")[0] for case in CASES}
+    assert {"prepare", "train", "check", "sweep", "api"} <= verbs

@@ -194,7 +194,7 @@ def test_log_range_axis_and_name_collisions(tmp_path):
     (tmp_path / "base.toml").write_text("")
     (tmp_path / "s.toml").write_text(
         'base = "base.toml"\n[axes]\n"optim.base_lr" = { log_range = [1e-3, 1e-1], points = 5 }\n'
-        '"model.width" = [64]\n"data.width" = [1]\n'
+        '"model.vocab_size" = [600]\n"data.vocab_size" = [512]\n'
     )
     runs = expand(load_sweep(tmp_path / "s.toml"))
     assert [run.overrides["optim.base_lr"] for run in runs] == [
@@ -204,7 +204,7 @@ def test_log_range_axis_and_name_collisions(tmp_path):
         0.0316228,
         0.1,
     ]
-    assert runs[1].name == "base_lr=0.00316228_model.width=64_data.width=1"
+    assert runs[1].name == "base_lr=0.00316228_model.vocab_size=600_data.vocab_size=512"
     assert run_name({"method": "muon", "x.flag": True}) == "method=muon_flag=true"
     # Names round to 6 digits, the trainer gets the exact value, and near-equal values that
     # share a name are told apart by a hash.

@@ -280,6 +280,7 @@ def load_sweep(
         raise ValueError(f"{sweep_path}: workers must be a positive integer")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"{sweep_path}: threads_per_worker must be a positive integer")
+    _check_overrides(settings, axes, sweep_path)
     launcher, slurm = _launcher_table(data.get("launcher", {}), str(sweep_path))
     return SweepSpec(
         path=sweep_path.resolve(),
@@ -292,6 +293,20 @@ def load_sweep(
         launcher=launcher,
         slurm=slurm,
     )
+
+
+def _check_overrides(settings: dict[str, Any], axes: dict[str, list], sweep_path: Path) -> None:
+    """Every key and value through the trainer's one typed parser, before any run starts: a
+    typo would otherwise fail every run of the sweep one by one."""
+    from hyperp.train.config import parse_overrides  # torch-free
+
+    try:
+        parse_overrides(settings)
+        for key, values in axes.items():
+            for value in values:
+                parse_overrides({key: value})
+    except ValueError as error:
+        raise ValueError(f"{sweep_path}: {error}") from None
 
 
 def _resolve_base(here: Path, name: str, sweep_path: Path) -> Path:

@@ -41,7 +41,7 @@ from hyperp.model import Transformer
 from hyperp.optim import GroupedOptimizer, build_optimizer
 from hyperp.optim.roles import assign_roles
 from hyperp.rules import lr_schedule
-from hyperp.train.checkpoint import Checkpointer, CheckpointError, root_cause
+from hyperp.train.checkpoint import Checkpointer, CheckpointError, list_checkpoints, root_cause
 from hyperp.train.config import NON_TRAJECTORY_KEYS, RunConfig, RunPlan
 from hyperp.train.distributed import Distributed, parallelize, setup_distributed
 from hyperp.train.rundir import RunLock
@@ -211,6 +211,7 @@ class Trainer:
         self.stop_after = stop_after
         self.checkpoint_dir = out_dir / "checkpoints"
         self.say = print if dist.is_main else (lambda *a, **k: None)
+        self.claimed = False
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -220,11 +221,12 @@ class Trainer:
             return RunResult("already finished", self.out_dir, None, 0)
         if self.config.train.threads:
             torch.set_num_threads(self.config.train.threads)
+        config = self._resolve()  # a mistake in the config or the data stops here: no file yet
+        plan = config.plan()
         lock = RunLock(self.out_dir, self.dist)
         lock.acquire(log=self.say)
+        self.claimed = True  # from here on, a failure is recorded in the run directory
         try:
-            config = self._resolve()
-            plan = config.plan()
             run = self._build(config, plan)
             try:
                 start = self._restore(run)
@@ -256,6 +258,10 @@ class Trainer:
                 f"grad_accum = {world} x {train.grad_accum}"
             )
         has_run = (self.out_dir / "metrics.jsonl").exists() or any(self.checkpoint_dir.glob("*"))
+        if self.resume == "must" and not list_checkpoints(self.checkpoint_dir):
+            raise FileNotFoundError(
+                f"no checkpoint to resume in {self.checkpoint_dir}; drop --resume must to start"
+            )
         if self.resume == "never" and has_run:
             raise ValueError(
                 f"{self.out_dir} already holds a run; pass --resume auto to continue it, or "
@@ -699,15 +705,17 @@ def train(
         raise ValueError(f"resume must be auto, must or never; got {resume!r}")
     dist = setup_distributed(config.train.device)
     out = Path(out_dir)
+    trainer = Trainer(config, out, dist, resume, stop_after)
     try:
-        result = Trainer(config, out, dist, resume, stop_after).run()
+        result = trainer.run()
         dist.barrier()  # no rank tears down its connections while another still talks
         return result
     except Exception as error:
         # A failed run leaves its reason beside its files (sweeps report it); no summary.json.
-        if dist.is_main:
+        # A mistake caught before the trainer took the directory (a bad config, missing data)
+        # writes nothing there.
+        if dist.is_main and trainer.claimed:
             with contextlib.suppress(OSError):
-                out.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(out / "error.txt", "".join(traceback.format_exception(error)))
         raise
     finally:
