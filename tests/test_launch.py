@@ -137,9 +137,15 @@ def test_one_run_directory_one_trainer(corpus, tmp_path):
     assert f"is in use by another trainer (pid {first.pid} on {socket.gethostname()}" in output
     first.send_signal(signal.SIGKILL)  # its lock goes with it
     first.wait()
-    third = run_cli(cli_args(corpus, run, **{**overrides, "train.steps": 8}))
-    output, _ = third.communicate(timeout=300)
-    # steps changed, so the run is refused as a different config; but not as busy
+    third = run_cli(cli_args(corpus, run, **overrides))
+    lines = []
+    for line in third.stdout:  # the takeover is announced before training resumes
+        lines.append(line)
+        if "taking over" in line:
+            break
+    third.kill()
+    third.wait()
+    output = "".join(lines)
     assert "in use by another trainer" not in output
     assert f"taking over {run / 'trainer.lock'} from a trainer that is gone (pid {first.pid}" in (
         output
