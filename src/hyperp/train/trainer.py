@@ -240,6 +240,7 @@ class Trainer:
             plan.lr,
             weight_decay=config.optim.weight_decay,
             depth_ratio=plan.depth_ratio,
+            width_ratio=plan.width_ratio,
             momentum=config.optim.momentum,
             betas=(config.optim.beta1, config.optim.beta2),
             eps=config.optim.eps,
