@@ -62,7 +62,7 @@ class SizeSettings:
 
 
 SIZES: dict[str, SizeSettings] = {
-    "smoke": SizeSettings(200, 1, 2, None, "a few seconds per run: checks the pipeline (CI)"),
+    "smoke": SizeSettings(200, 1, 1, None, "a few seconds per run: checks the pipeline (CI)"),
     "quick": SizeSettings(2000, 3, 2, 102_400, "2 CPU cores, at most 90 minutes"),
     "full": SizeSettings(2000, 3, 2, 1_048_576, "one GPU, about an hour on an H100"),
 }
