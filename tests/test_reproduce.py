@@ -273,3 +273,26 @@ def test_report_to_writes_elsewhere_and_a_section_updates_in_place(smoke):
     )
     assert refused.returncode == 2 and "would mix them" in refused.stderr
     assert target.read_text() == before
+
+
+def test_data_description_prefers_the_corpus_the_trainer_recorded(corpus):
+    from hyperp.reproduce.results import describe_data
+
+    recorded = {
+        "path": str(corpus),
+        "format": "hyperp-shards",
+        "train_tokens": 39968,
+        "val_tokens": 9770,
+        "train_documents": 2,
+        "val_documents": 1,
+        "description": "three modules of the standard library",
+    }
+    config = {"train": {"eval_batches": 2, "batch_size": 4, "seq_len": 32}, "model": {}}
+    data = describe_data([{"corpus": recorded, "config": config}])
+    (entry,) = data["corpora"]
+    assert entry["description"] == "three modules of the standard library"
+    assert entry["train_tokens"] == 39968 and data["evaluated_tokens"] == [256]
+    assert data["evaluated_documents"] >= 1
+    # Without it, the config's data.path and that directory's meta.json describe the data.
+    fallback = describe_data([{"config": {**config, "data": {"path": str(corpus)}}}])
+    assert fallback["corpora"][0]["description"].startswith("text prepared by hyperp prepare")
