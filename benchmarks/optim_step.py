@@ -105,6 +105,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    if device.type == "cpu":
+        from hyperp.optim.precision import cpu_ns_choice
+
+        print(cpu_ns_choice()[1])
     bf16_limit = args.bf16_max_width or (256 if device.type == "cpu" else 1 << 30)
     for width in args.widths:
         shapes = hidden_matrix_shapes(width, args.depth, args.head_dim, args.kv_heads)
@@ -138,6 +142,13 @@ def main() -> None:
             print(
                 f"{name:30s} {median * 1e3:10.2f} {versus_torch} {median / baseline:12.3f}x "
                 f"{median / adamw:8.1f}x"
+            )
+        if reference:
+            ratio = medians["MuonH bf16 NS"] / reference
+            verdict = "met" if ratio <= 1.0 else "MISSED"
+            print(
+                f"MuonH against torch.optim.Muon at equal (bf16) precision: {ratio:.3f}x "
+                f"(goal <= 1.0: {verdict}; moonshot 0.8)"
             )
 
 

@@ -104,7 +104,7 @@ def main() -> None:
             vocab_size=config.data.vocab_size, max_bytes=config.data.max_bytes or None
         )
     )
-    config.model.vocab_size = corpus.vocab_size
+    config = config.resolve(corpus.vocab_size)
     print(
         f"model depth {config.model.depth} width {config.model.width}, batch "
         f"{config.train.batch_tokens} tokens, {args.steps} steps, threads {torch.get_num_threads()}"

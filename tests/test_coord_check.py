@@ -88,6 +88,13 @@ def test_cli_check_writes_plot_and_json(tmp_path, capsys):
     assert plot.stat().st_size > 1000
     assert data["depths"] == [1, 2] and data["widths"] == [16, 32]
     assert set(data["depth_slopes"]) == {"16", "32"}
-    assert main(["check", "--widths", "16", "32", "--model", "no_such_key=1"]) == 2
-    assert "not a ModelConfig field" in capsys.readouterr().err
+    assert main(["check", "--widths", "16", "32", "--model.no_such_key", "1"]) == 2
+    assert "unknown config key model.no_such_key" in capsys.readouterr().err
+    # the one typed parser: a number where a number goes, and a clear error otherwise
+    assert main(["check", "--widths", "16", "32", "--model.n_heads", "four"]) == 2
+    assert "--model.n_heads 'four' is not a valid int" in capsys.readouterr().err
+    assert main(["check", "--widths", "16", "--model.depth", "3"]) == 2
+    assert "set it with the check's own --depths" in capsys.readouterr().err
+    assert main(["check", "--widths", "16", "32", "--train.steps", "3"]) == 2
+    assert "SECTION model" in capsys.readouterr().err
     assert main(["check", "--widths", "16", "--steps", "1"]) == 2

@@ -48,6 +48,11 @@ def test_bad_configs_raise_clear_errors(overrides, message):
         tiny(**overrides)
 
 
+def test_a_model_needs_a_vocabulary():
+    with pytest.raises(ValueError, match=r"model.vocab_size is not set"):
+        ModelConfig(depth=2).num_params()
+
+
 def test_from_dict_rejects_unknown_keys():
     assert ModelConfig.from_dict({"depth": 2, "width": 32, "head_dim": 8}).width == 32
     with pytest.raises(ValueError, match="unknown model config keys"):
@@ -56,7 +61,7 @@ def test_from_dict_rejects_unknown_keys():
 
 @pytest.mark.parametrize("depth", [8, 12, 16, 20, 24])
 def test_dense_param_count_is_methods_N_plus_the_terms_it_ignores(depth):
-    config = ModelConfig(depth=depth)
+    config = ModelConfig(depth=depth, vocab_size=32000)
     n, hs, heads = config.width, config.head_dim, config.n_heads
     # METHOD.md 4 counts MLP, q/k/v/o, embedding and head; it ignores the attention gate
     # (n x H per block), the block norms (2n), the QK-norm gains (2 hs) and the final norm (n).
@@ -70,15 +75,24 @@ def test_dense_param_count_is_methods_N_plus_the_terms_it_ignores(depth):
 def test_paper_moe_totals_s8k8():
     # The paper's s8k8 models: 0.91B at d8 and 2.95B at d12 (computed, not allocated).
     assert (
-        round(ModelConfig(depth=8, moe_sparsity=8, moe_granularity=8).num_params() / 1e9, 2) == 0.91
+        round(
+            ModelConfig(depth=8, moe_sparsity=8, moe_granularity=8, vocab_size=32000).num_params()
+            / 1e9,
+            2,
+        )
+        == 0.91
     )
     assert (
-        round(ModelConfig(depth=12, moe_sparsity=8, moe_granularity=8).num_params() / 1e9, 2)
+        round(
+            ModelConfig(depth=12, moe_sparsity=8, moe_granularity=8, vocab_size=32000).num_params()
+            / 1e9,
+            2,
+        )
         == 2.95
     )
     # k active experts of hidden 4n/k cost one dense MLP: active = dense + router.
-    moe = ModelConfig(depth=8, moe_sparsity=8, moe_granularity=8)
-    dense = ModelConfig(depth=8)
+    moe = ModelConfig(depth=8, moe_sparsity=8, moe_granularity=8, vocab_size=32000)
+    dense = ModelConfig(depth=8, vocab_size=32000)
     assert moe.num_params(active_only=True) == dense.num_params() + 8 * 1024 * 64
 
 

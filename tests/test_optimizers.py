@@ -304,3 +304,75 @@ def test_bad_options_are_clear():
         MuonH([nn.Parameter(torch.randn(3))])
     with pytest.raises(TypeError, match="unknown optimizer options"):
         MuonH([nn.Parameter(torch.randn(3, 3))], bogus=1)
+
+
+def test_cpu_newton_schulz_precision_is_the_faster_one():
+    from hyperp.optim.precision import choose_cpu_ns_dtype
+
+    def timer(times):
+        return lambda dtype, budget: times[dtype]
+
+    # A CPU with native bf16 (AVX512-BF16, AMX) runs it faster: bf16 is chosen.
+    dtype, why = choose_cpu_ns_dtype(timer({torch.float32: 0.66, torch.bfloat16: 0.26}))
+    assert dtype == torch.bfloat16 and "2.54x" in why
+    # An emulated bf16 is tens of times slower: fp32 is chosen.
+    dtype, why = choose_cpu_ns_dtype(timer({torch.float32: 0.013, torch.bfloat16: 0.9}))
+    assert dtype == torch.float32 and "fp32" in why
+    # A bf16 that is barely faster does not win: it also costs precision.
+    dtype, _ = choose_cpu_ns_dtype(timer({torch.float32: 0.11, torch.bfloat16: 0.1}))
+    assert dtype == torch.float32
+
+
+def test_cpu_precision_is_cached_per_machine(tmp_path, monkeypatch):
+    from hyperp.optim import precision
+
+    monkeypatch.delenv("HYPERP_CPU_NS_DTYPE", raising=False)
+    monkeypatch.setenv("HYPERP_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(
+        precision, "choose_cpu_ns_dtype", lambda: calls.append(1) or (torch.float32, "measured")
+    )
+    precision.cpu_ns_choice.cache_clear()
+    try:
+        assert precision.cpu_ns_dtype() == torch.float32
+        precision.cpu_ns_choice.cache_clear()  # a new process reads the cache
+        dtype, why = precision.cpu_ns_choice()
+        assert dtype == torch.float32 and "cached in" in why and len(calls) == 1
+        monkeypatch.setenv("HYPERP_CPU_NS_DTYPE", "bf16")
+        precision.cpu_ns_choice.cache_clear()
+        assert precision.cpu_ns_dtype() == torch.bfloat16
+    finally:
+        precision.cpu_ns_choice.cache_clear()
+
+
+@pytest.mark.parametrize("method", ["hyperp", "muon", "adamw"])
+def test_dcp_state_dict_round_trip_into_a_fresh_optimizer(method, tmp_path):
+    # torch.distributed.checkpoint's get/set_state_dict: keys are parameter names, and the
+    # loading optimizer is fresh (its state must already be complete for DCP to fill it).
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    data = batches(12, seed=4)
+    model, opt, _ = fresh(method)
+    straight_model, straight_opt, _ = fresh(method)
+    train(model, opt, data[:5])
+    straight = train(straight_model, straight_opt, data)
+    model_state, optim_state = get_state_dict(model, opt)
+    assert any(
+        key.startswith("up.weight") or "up.weight" in str(key) for key in optim_state["state"]
+    )
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp_path, no_dist=True)
+
+    torch.manual_seed(999)
+    model2 = TinyLM()
+    opt2 = build_optimizer(model2, method, lr=0.03, weight_decay=0.05)
+    model_state2, optim_state2 = get_state_dict(model2, opt2)
+    state = {"model": model_state2, "optim": optim_state2}
+    dcp.load(state, checkpoint_id=tmp_path, no_dist=True)
+    set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    assert train(model2, opt2, data[5:]) == straight[5:]
+    for (name, a), b in zip(straight_model.named_parameters(), model2.parameters()):
+        assert torch.equal(a, b), name
+    if method == "hyperp":
+        assert opt2.radius(model2.bank.weight).dtype == torch.float32
+        assert torch.equal(opt2.radius(model2.bank.weight), opt.radius(model.bank.weight))

@@ -99,7 +99,7 @@ def test_baselines_are_the_papers():
         STUDIES_DIR / "quick" / "base.toml",
         {"optim.method": "adamw", "optim.base_width": 32, "model.width": 128},
     )
-    assert adamw.plan().width_ratio == pytest.approx(0.25)
+    assert adamw.resolve(1024).plan().width_ratio == pytest.approx(0.25)
     runner = runner_for("quick", Path("/nonexistent"))
     spec = runner.arm_spec("width_adamw")
     assert spec.settings["optim.warmup_steps"] > 0 and spec.settings["optim.base_width"] == 32
@@ -281,18 +281,19 @@ def test_data_description_prefers_the_corpus_the_trainer_recorded(corpus):
     recorded = {
         "path": str(corpus),
         "format": "hyperp-shards",
-        "train_tokens": 39968,
+        "train_tokens": 12345,  # what the trainer counted is what the report says
         "val_tokens": 9770,
         "train_documents": 2,
         "val_documents": 1,
-        "description": "three modules of the standard library",
+        "description": "",
     }
     config = {"train": {"eval_batches": 2, "batch_size": 4, "seq_len": 32}, "model": {}}
     data = describe_data([{"corpus": recorded, "config": config}])
     (entry,) = data["corpora"]
-    assert entry["description"] == "three modules of the standard library"
-    assert entry["train_tokens"] == 39968 and data["evaluated_tokens"] == [256]
+    assert entry["description"].startswith("text prepared by hyperp prepare from 3 input(s)")
+    assert entry["train_tokens"] == 12345 and data["evaluated_tokens"] == [256]
     assert data["evaluated_documents"] >= 1
     # Without it, the config's data.path and that directory's meta.json describe the data.
     fallback = describe_data([{"config": {**config, "data": {"path": str(corpus)}}}])
     assert fallback["corpora"][0]["description"].startswith("text prepared by hyperp prepare")
+    assert fallback["corpora"][0]["train_tokens"] == 39968

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def write_run(curve, runner, lr: float, seed: int, loss: float, *, in_regime: bo
     if curve.lr_key:
         overrides[curve.lr_key] = lr
     config = runner._config(curve.spec, {curve.lr_key: lr} if curve.lr_key else {})
-    config.train.seed = seed
+    config = replace(config, train=replace(config.train, seed=seed))
     plan = config.plan()
     tokens = plan.tokens
     steps = plan.steps

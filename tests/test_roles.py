@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -156,3 +158,48 @@ def test_one_scheduler_drives_every_group():
     ratios = {g["role"]: g["lr"] / g["initial_lr"] for g in opt.param_groups}
     assert all(r == pytest.approx(0.1) for r in ratios.values())
     del sched
+
+
+def test_muon_scale_follows_the_stored_layout_of_gpt2_conv1d():
+    # transformers' Conv1D stores its weight in x out (GPT-2's attention and MLP): the Muon
+    # baseline's sqrt(fan_out/fan_in) must use out/in, not shape[0]/shape[1].
+    pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    from hyperp.optim import Muon, assign_roles, build_optimizer, set_role
+
+    class GPT2Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_fc = Conv1D(64, 16)  # 16 -> 64, weight 16 x 64
+            self.c_proj = Conv1D(16, 64)  # 64 -> 16, weight 64 x 16
+            self.linear = nn.Linear(16, 64, bias=False)  # 16 -> 64, weight 64 x 16
+
+        def forward(self, x):
+            return self.c_proj(self.c_fc(x))
+
+    block = GPT2Block()
+    infos = {info.name: info for info in assign_roles(block)}
+    assert infos["c_fc.weight"].transposed and infos["c_proj.weight"].transposed
+    assert not infos["linear.weight"].transposed
+    lr = 0.01
+    opt = build_optimizer(block, "muon", lr=lr)
+    assert "matrix (in x out)" in opt.describe()
+    for param in block.parameters():
+        param.grad = torch.randn_like(param)
+    before = {name: p.detach().clone() for name, p in block.named_parameters()}
+    opt.step()
+
+    def update(name):  # ||ΔW||_F = lr · sqrt(fan_out/fan_in) · ||O||_F, ||O||_F = sqrt(min dim)
+        return (dict(block.named_parameters())[name].detach() - before[name]).norm().item()
+
+    expected = lr * math.sqrt(64 / 16) * math.sqrt(16)  # a 16 -> 64 map, whatever its storage
+    assert update("c_fc.weight") == pytest.approx(expected, rel=0.05)
+    assert update("linear.weight") == pytest.approx(expected, rel=0.05)
+    assert update("c_proj.weight") == pytest.approx(lr * math.sqrt(16 / 64) * 4, rel=0.05)
+    # A model can say so itself, and overrides the detection.
+    plain = nn.Linear(16, 64, bias=False)
+    set_role(plain.weight, "matrix", transposed=True)
+    assert assign_roles(nn.Sequential(plain))[0].transposed
+    with pytest.raises(ValueError, match="transposed must be True or False"):
+        Muon([nn.Parameter(torch.randn(4, 4))], transposed="yes")

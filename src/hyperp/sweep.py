@@ -377,11 +377,13 @@ def plan_run(run: RunSpec, base: Path) -> dict[str, Any] | str:
     """The run's ``lr``, ``tokens``, ``steps``, ``flops`` and ``params`` from the trainer's config
     (``hyperp.train.config``), or a message saying why they are not available."""
     try:
-        from hyperp.train.config import load_config  # torch-free by contract
+        from hyperp.train.config import load_config
+        from hyperp.train.trainer import data_vocab_size
     except ImportError:
-        return "hyperp.train.config is not available in this installation"
+        return "hyperp.train is not available in this installation"
     try:
-        plan = load_config(base, dict(run.overrides)).plan()
+        config = load_config(base, dict(run.overrides))
+        plan = config.resolve(data_vocab_size(config)).plan()
     except (ValueError, FileNotFoundError, KeyError, TypeError) as error:
         return f"config error: {error}"
     values = plan.to_dict() if hasattr(plan, "to_dict") else dict(plan)

@@ -23,6 +23,8 @@ def register(sub) -> None:
             "are flat: |slope of log RMS vs log width| <= 0.2. Compare with --method sp-adamw\n"
             "(standard parameterization, AdamW), whose curves grow with width. The logits follow\n"
             "the head-init width rule (METHOD.md 3) and are shown but not part of the verdict.\n"
+            "Any other model field is set as in hyperp train: --model.KEY VALUE, e.g.\n"
+            "--model.head_init_rule inverse_width --model.qk_norm false.\n"
             "Exit status 0 when every hidden curve is flat, 1 otherwise."
         ),
     )
@@ -40,52 +42,20 @@ def register(sub) -> None:
     parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument(
-        "--model",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other ModelConfig field, e.g. --model head_init_rule=inverse_width (repeatable)",
-    )
     parser.add_argument("--plot", metavar="PNG", help="write RMS-vs-width plots here")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, accepts_overrides=True)
 
 
 def _model_overrides(items: list[str]) -> dict:
-    from dataclasses import fields
+    """``--model.KEY VALUE`` overrides through the trainer's one typed parser."""
+    from hyperp.train.config import parse_overrides
 
-    from hyperp.model import ModelConfig
-
-    defaults = {f.name: f.default for f in fields(ModelConfig)}
+    overrides = parse_overrides(items, sections=("model",)).get("model", {})
     reserved = {"depth", "width", "head_dim", "n_kv_heads", "vocab_size", "context"}
-    overrides = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep:
-            raise UserError(f"--model expects KEY=VALUE, got {item!r}")
-        if key not in defaults:
-            raise UserError(
-                f"--model {key}: not a ModelConfig field; valid: {', '.join(sorted(defaults))}"
-            )
-        if key in reserved:
-            raise UserError(f"--model {key}: set it with the check's own option instead")
-        default = defaults[key]
-        try:
-            if isinstance(default, bool):
-                if text.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError
-                value = text.lower() in ("true", "1")
-            elif isinstance(default, int):
-                value = int(text)
-            elif isinstance(default, float):
-                value = float(text)
-            else:
-                value = text
-        except ValueError:
-            raise UserError(f"--model {key}={text}: expected a {type(default).__name__}") from None
-        overrides[key] = value
+    for key in sorted(reserved & set(overrides)):
+        option = {"depth": "depths", "width": "widths", "n_kv_heads": "kv-heads"}.get(key, key)
+        raise UserError(f"--model.{key}: set it with the check's own --{option.replace('_', '-')}")
     return overrides
 
 
@@ -106,7 +76,7 @@ def run(args) -> int:
         head_dim=args.head_dim,
         n_kv_heads=args.kv_heads,
         seed=args.seed,
-        model_overrides=_model_overrides(args.model),
+        model_overrides=_model_overrides(args.overrides),
         device=args.device,
     )
     if args.plot:

@@ -23,7 +23,7 @@ def register(sub) -> None:
             "built-in corpus (this Python's standard library sources) is prepared once and\n"
             "cached. Runs resume automatically from their last checkpoint; Ctrl-C saves one.\n"
             "Distributed: torchrun --nproc-per-node N -m hyperp train ... (train.distributed\n"
-            "ddp or fsdp)."
+            "ddp, fsdp or hsdp), or srun -n N hyperp train ... under SLURM."
         ),
     )
     parser.add_argument(
@@ -62,19 +62,20 @@ def default_out_dir(config_name: str, config_dict: dict) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from hyperp.train import load_config
+    from hyperp.train.trainer import TrainingDiverged, data_vocab_size, train
 
     config = load_config(args.config, args.overrides)
-    plan = config.plan()
     if args.dry_run:
+        # The plan the real start prints: the vocabulary comes from the data, as there.
+        resolved = config.resolve(data_vocab_size(config))
+        plan = resolved.plan()
         if args.json:
-            print(json.dumps({"config": config.to_dict(), "plan": plan.to_dict()}, indent=2))
+            print(json.dumps({"config": resolved.to_dict(), "plan": plan.to_dict()}, indent=2))
         else:
             for line in plan.explanation:
                 print(line)
             print(f"FLOPs: {plan.flops:.4g} ({plan.flops_per_token:.4g} per token)")
         return 0
-
-    from hyperp.train.trainer import TrainingDiverged, train
 
     out = Path(args.out) if args.out else default_out_dir(args.config, config.trajectory_dict())
     try:

@@ -21,7 +21,10 @@ class ModelConfig:
     """Shape and parameterization of a dense or MoE decoder transformer (METHOD.md 3, 3.1).
 
     ``width`` defaults to ``aspect_ratio * depth`` and ``n_heads`` to ``2 * width // head_dim``
-    (attention inner width ``2n``). ``moe_sparsity = 0`` gives a dense SwiGLU MLP; otherwise each
+    (attention inner width ``2n``). ``vocab_size`` must be set to build a model; a training run
+    leaves it None and takes it from its data (``hyperp.train.RunConfig.resolve``).
+    ``logit_multiplier`` None means 1 here; a training run sets the method's own (``d0/d`` for
+    the Muon baseline, METHOD.md 2.5). ``moe_sparsity = 0`` gives a dense SwiGLU MLP; otherwise each
     block has ``moe_sparsity * moe_granularity`` experts of hidden ``mlp_ratio * width /
     moe_granularity`` and routes each token to ``moe_granularity`` of them.
     """
@@ -32,7 +35,7 @@ class ModelConfig:
     head_dim: int = 128
     n_heads: int | None = None
     n_kv_heads: int = 4
-    vocab_size: int = 32000
+    vocab_size: int | None = None
     context: int = 1024
     mlp_ratio: float = 4.0
     norm_eps: float = 1e-5
@@ -41,7 +44,7 @@ class ModelConfig:
     gated_attention: bool = True
     depth_mup: bool = True
     base_head_dim: int = 128
-    logit_multiplier: float = 1.0
+    logit_multiplier: float | None = None
     head_init_std: float = 0.02
     head_init_rule: str = "fixed"
     base_width: int = 1024
@@ -83,7 +86,12 @@ class ModelConfig:
             f"({self.n_kv_heads}) for grouped-query attention; change one of them",
         )
         _require(
-            self.vocab_size >= 2, f"model.vocab_size must be at least 2, got {self.vocab_size}"
+            self.vocab_size is None or self.vocab_size >= 2,
+            f"model.vocab_size must be at least 2, got {self.vocab_size}",
+        )
+        _require(
+            self.logit_multiplier is None or self.logit_multiplier > 0,
+            f"model.logit_multiplier must be positive, got {self.logit_multiplier}",
         )
         _require(self.context >= 1, f"model.context must be positive, got {self.context}")
         _require(self.norm_eps > 0, f"model.norm_eps must be positive, got {self.norm_eps}")
@@ -168,6 +176,21 @@ class ModelConfig:
         return self.n_kv_heads * self.head_dim
 
     @property
+    def vocab(self) -> int:
+        """``vocab_size``, which must be set to build or count a model."""
+        if self.vocab_size is None:
+            raise ValueError(
+                "model.vocab_size is not set; set it (e.g. ModelConfig(vocab_size=32000)), or "
+                "let a training run take it from its data"
+            )
+        return self.vocab_size
+
+    @property
+    def output_multiplier(self) -> float:
+        """The factor applied to the logits (``logit_multiplier``, 1 when unset)."""
+        return 1.0 if self.logit_multiplier is None else self.logit_multiplier
+
+    @property
     def residual_multiplier(self) -> float:
         """Depth-muP branch multiplier ``1/sqrt(2L)`` (METHOD.md 3), or 1 when switched off."""
         return 1.0 / math.sqrt(2 * self.depth) if self.depth_mup else 1.0
@@ -200,7 +223,7 @@ class ModelConfig:
             head_dim=self.head_dim,
             n_heads=self.n_heads,
             n_kv_heads=self.n_kv_heads,
-            vocab_size=self.vocab_size,
+            vocab_size=self.vocab,
             context=self.context,
         )
 
@@ -225,7 +248,7 @@ class ModelConfig:
         else:
             mlp = 3 * n * self.mlp_hidden
         per_block = attention + norms + mlp
-        return L * per_block + 2 * self.vocab_size * n + n  # + embedding, head, final norm gain
+        return L * per_block + 2 * self.vocab * n + n  # + embedding, head, final norm gain
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -161,10 +161,10 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.vocab_size, config.width)
+        self.embedding = nn.Embedding(config.vocab, config.width)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.depth))
         self.final_norm = RMSNorm(config.width, config.norm_eps)
-        self.head = nn.Linear(config.width, config.vocab_size, bias=False)
+        self.head = nn.Linear(config.width, config.vocab, bias=False)
         set_role(self.embedding.weight, Role.EMBEDDING)
         set_role(self.head.weight, Role.HEAD)
         cos, sin = rope_tables(config.head_dim, config.context, config.rope_base)
@@ -214,8 +214,8 @@ class Transformer(nn.Module):
             if block_aux is not None:
                 aux_loss = aux_loss + block_aux
         logits = self.head(self.final_norm(x))
-        if self.config.logit_multiplier != 1.0:
-            logits = logits * self.config.logit_multiplier
+        if self.config.output_multiplier != 1.0:
+            logits = logits * self.config.output_multiplier
         if targets is None:
             return ModelOutput(logits=logits, loss=None, lm_loss=None, aux_loss=aux_loss)
         lm_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.distributed
 from torch import nn
 
 from hyperp.optim.newton_schulz import Coefficients
@@ -37,22 +38,30 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     """The model's trainable parameters split by role (and matrix layout).
 
-    Each group is a dict with ``role`` (a :class:`Role` value string), ``layout``, ``params``
+    Each group is a dict with ``role`` (a :class:`Role` value string), ``layout``,
+    ``transposed`` (matrices stored ``in x out``), ``params``
     (tensors) and ``param_names``, ready to pass to any ``torch.optim`` optimizer after adding
     options. Empty roles are left out. See :func:`hyperp.optim.assign_roles` for how roles are
     found and overridden.
     """
-    grouped: dict[tuple[Role, str], dict[str, Any]] = {}
+    grouped: dict[tuple[Role, str, bool], dict[str, Any]] = {}
     for info in assign_roles(model, head=head, roles=roles):
         layout = info.layout if info.role.on_sphere else "batch"
+        transposed = info.transposed and info.role.on_sphere
         group = grouped.setdefault(
-            (info.role, layout),
-            {"role": info.role.value, "layout": layout, "params": [], "param_names": []},
+            (info.role, layout, transposed),
+            {
+                "role": info.role.value,
+                "layout": layout,
+                "transposed": transposed,
+                "params": [],
+                "param_names": [],
+            },
         )
         group["params"].append(info.param)
         group["param_names"].append(info.name)
     order = {role: i for i, role in enumerate(Role)}
-    return [grouped[key] for key in sorted(grouped, key=lambda k: (order[k[0]], k[1]))]
+    return [grouped[key] for key in sorted(grouped, key=lambda k: (order[k[0]], *k[1:]))]
 
 
 def build_optimizer(
@@ -72,6 +81,7 @@ def build_optimizer(
     ns_dtype: torch.dtype | str | None = None,
     head: nn.Module | str | None = None,
     roles: Mapping[str, Role | str] | None = None,
+    replicate_group: torch.distributed.ProcessGroup | None = None,
 ) -> GroupedOptimizer:
     """One optimizer that steps every parameter of ``model`` with one LR knob.
 
@@ -84,7 +94,9 @@ def build_optimizer(
       (``width_ratio = n0/n``, the base width over this width); decay on matrices and head.
 
     Every group starts at its own fraction of ``lr``, so any ``torch.optim.lr_scheduler`` (which
-    scales each group's initial LR) drives them together. ``print(opt.describe())`` shows which
+    scales each group's initial LR) drives them together. Under DDP pass the data-parallel
+    group as ``replicate_group`` (e.g. ``torch.distributed.group.WORLD``) so that ranks split
+    Newton-Schulz instead of repeating it; FSDP2-sharded models need nothing. ``print(opt.describe())`` shows which
     tensor got which role, algorithm, shape and radius.
     """
     if method not in METHODS:
@@ -125,4 +137,4 @@ def build_optimizer(
             group["weight_decay"] = weight_decay
             if role is Role.MATRIX:
                 group["lr"] = lr * depth_ratio * width_ratio
-    return GroupedOptimizer(groups, **common)
+    return GroupedOptimizer(groups, replicate_group=replicate_group, **common)

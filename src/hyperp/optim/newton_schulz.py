@@ -16,6 +16,7 @@ __all__ = [
     "HYPERP_COEFFICIENTS",
     "KELLER_JORDAN_COEFFICIENTS",
     "default_ns_dtype",
+    "dtype_name",
     "newton_schulz",
     "resolve_coefficients",
 ]
@@ -37,8 +38,36 @@ Coefficients = str | tuple[float, float, float] | Sequence[tuple[float, float, f
 
 
 def default_ns_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on CUDA (tensor cores), fp32 elsewhere (METHOD.md 2.2 decision)."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    """bf16 on CUDA (tensor cores); on a CPU, whichever of bf16 and fp32 that CPU runs faster
+    (measured once per machine, see :mod:`hyperp.optim.precision`); fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.bfloat16
+    if device.type == "cpu":
+        from hyperp.optim.precision import cpu_ns_dtype
+
+        return cpu_ns_dtype()
+    return torch.float32
+
+
+_DTYPE_NAMES = {
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "fp32": "fp32",
+    "float32": "fp32",
+    "fp16": "fp16",
+    "float16": "fp16",
+}
+
+
+def dtype_name(value: torch.dtype | str | None) -> str | None:
+    """``"bf16"``, ``"fp32"``, ``"fp16"`` or None (automatic) for a dtype or one of its names."""
+    if value is None:
+        return None
+    if isinstance(value, torch.dtype):
+        value = str(value).removeprefix("torch.")
+    if value not in _DTYPE_NAMES:
+        raise ValueError(f"unknown ns_dtype {value!r}; use one of {sorted(_DTYPE_NAMES)}")
+    return _DTYPE_NAMES[value]
 
 
 def resolve_coefficients(

@@ -16,23 +16,39 @@ Algorithms:
   update (``scale="torch"``, ``decay="coupled"``, Keller Jordan coefficients in bf16).
 - ``adam``: Adam with decoupled weight decay (AdamW when ``weight_decay > 0``).
 
-Matrices of the same shape (same-shaped layers, the slices of an expert bank) are stacked and
-orthogonalized as one batched Newton-Schulz call; norms, steps and retractions then run on the
-stacked tensor, so the per-step cost does not grow with the number of Python-level parameters.
+Distributed (METHOD 4.1): state tensors are shaped like their parameters, so under FSDP2/HSDP they
+are DTensors sharded like the parameters, and every elementwise update runs on the local shards.
+Newton-Schulz, which needs whole matrices, is split across ranks by :mod:`hyperp.optim.sharding`:
+each matrix has one owner that orthogonalizes it. Under DDP (plain replicated parameters) pass
+``replicate_group`` so that the ranks split that work instead of repeating it. Same-shaped matrices
+are orthogonalized as one batched call.
+
+Every state tensor exists from construction (momentum and moments start at zero), so
+``state_dict()`` is complete before the first step and ``torch.distributed.checkpoint`` can load
+into a fresh optimizer.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch.distributed.tensor import DTensor, distribute_tensor
+import torch.distributed as dist
 from torch.optim import Optimizer
 
-from hyperp.optim.newton_schulz import Coefficients, newton_schulz
+from hyperp.optim.newton_schulz import Coefficients, default_ns_dtype, dtype_name, newton_schulz
+from hyperp.optim.sharding import (
+    Grid,
+    MatrixLayout,
+    StepStats,
+    WorkPlan,
+    grid_of,
+    local,
+    orthogonalize,
+    reduce_slice_norms,
+)
 
 __all__ = ["AdamH", "GroupedOptimizer", "Muon", "MuonH", "SphereError"]
 
@@ -56,6 +72,7 @@ _DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
     "sphere": "matrix",
     "layout": "batch",
+    "transposed": False,
     "ns_steps": 5,
     "ns_coefficients": "hyperp",
     "ns_dtype": None,
@@ -65,66 +82,6 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
-def _matrix_view(param: torch.Tensor, layout: str) -> torch.Tensor:
-    """``(count, rows, cols)`` view of a parameter read as matrices."""
-    if layout == "flatten" or param.ndim == 2:
-        return param.reshape(1, param.shape[0], -1)
-    return param.reshape(-1, param.shape[-2], param.shape[-1])
-
-
-def _buckets(views: list[torch.Tensor]):
-    """Yield ``(indices, stacked)``: the ``(count, rows, cols)`` views of one matrix shape,
-    concatenated to ``(K, rows, cols)`` so that one batched kernel serves them all."""
-    by_shape: dict[tuple, list[int]] = defaultdict(list)
-    for i, view in enumerate(views):
-        by_shape[(tuple(view.shape[-2:]), view.dtype, view.device)].append(i)
-    for indices in by_shape.values():
-        stacked = views[indices[0]] if len(indices) == 1 else torch.cat([views[i] for i in indices])
-        yield indices, stacked
-
-
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor: a sharded DTensor is all-gathered, a plain tensor returned as is."""
-    if isinstance(tensor, DTensor):
-        return tensor.full_tensor()
-    return tensor
-
-
-def _write_shard(param: torch.Tensor, full: torch.Tensor) -> None:
-    """Copy this rank's shard of the updated whole tensor into a DTensor parameter."""
-    shard = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
-    param.to_local().copy_(shard.to_local())
-
-
-def _sphere_norms(stacked: torch.Tensor, unit: torch.Tensor | None, radius: torch.Tensor):
-    """Frobenius norm per sphere: per slice, or summed over the slices of each ``unit``."""
-    norms = torch.linalg.vector_norm(stacked, dim=(-2, -1))
-    if unit is None:
-        return norms
-    return torch.zeros_like(radius).index_add_(0, unit, norms.square()).sqrt()
-
-
-def _per_slice(values: torch.Tensor, unit: torch.Tensor | None) -> torch.Tensor:
-    """Per-sphere values broadcast to ``(K, 1, 1)`` over the stacked slices."""
-    return (values if unit is None else values[unit])[:, None, None]
-
-
-def _dtype_from(value: torch.dtype | str | None) -> torch.dtype | None:
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    names = {
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-    }
-    if value not in names:
-        raise ValueError(f"unknown ns_dtype {value!r}; use one of {sorted(names)}")
-    return names[value]
-
-
 class GroupedOptimizer(Optimizer):
     """One optimizer whose param groups each carry an ``algorithm`` (see the module docstring).
 
@@ -132,15 +89,30 @@ class GroupedOptimizer(Optimizer):
     ``momentum``, ``nesterov`` (muonh, muon); ``betas``, ``eps`` (adamh, adam); ``weight_decay``;
     ``sphere`` ("matrix": one sphere per 2-D slice, or "tensor": one per parameter);
     ``layout`` ("batch": leading dims index matrices, or "flatten": ``shape[0] x rest``);
-    ``ns_steps``, ``ns_coefficients``, ``ns_dtype``; ``scale`` and ``decay`` (muon only).
+    ``transposed`` (matrices stored ``in x out``: fan-in first); ``ns_steps``,
+    ``ns_coefficients``, ``ns_dtype``; ``scale`` and ``decay`` (muon only).
+
+    ``replicate_group``: the process group over which plain (non-DTensor) parameters are
+    replicated, as under DDP; Newton-Schulz is then split across its ranks. DTensor parameters
+    (FSDP2, HSDP) carry their own mesh. After each step, ``step_stats`` says which matrices this
+    rank orthogonalized and how many bytes it exchanged.
     """
 
-    def __init__(self, params: Iterable, **defaults: Any) -> None:
+    def __init__(
+        self,
+        params: Iterable,
+        *,
+        replicate_group: dist.ProcessGroup | None = None,
+        **defaults: Any,
+    ) -> None:
         unknown = set(defaults) - set(_DEFAULTS)
         if unknown:
             raise TypeError(
                 f"unknown optimizer options {sorted(unknown)}; known: {sorted(_DEFAULTS)}"
             )
+        self.replicate_group = replicate_group
+        self.step_stats = StepStats()
+        self._plans: dict[tuple, tuple[list[MatrixLayout], Grid, WorkPlan | None]] = {}
         super().__init__(params, {**_DEFAULTS, **defaults})
 
     # -- construction -------------------------------------------------------------------------
@@ -150,10 +122,7 @@ class GroupedOptimizer(Optimizer):
         group = self.param_groups[-1]
         self._validate_group(group)
         group.setdefault("peak_lr", group["lr"])
-        if group["algorithm"] in SPHERE_ALGORITHMS:
-            names = group.get("param_names") or [None] * len(group["params"])
-            for param, name in zip(group["params"], names):
-                self._init_radius(param, group, name)
+        self._init_state(len(self.param_groups) - 1, group)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         algorithm = group["algorithm"]
@@ -171,9 +140,12 @@ class GroupedOptimizer(Optimizer):
             raise ValueError(f"layout must be 'batch' or 'flatten', got {group['layout']!r}")
         if group["scale"] not in ("spectral", "torch", "none"):
             raise ValueError(f"scale must be 'spectral', 'torch' or 'none', got {group['scale']!r}")
+        if not isinstance(group["transposed"], bool):
+            raise ValueError(f"transposed must be True or False, got {group['transposed']!r}")
         if group["decay"] not in ("independent", "coupled"):
             raise ValueError(f"decay must be 'independent' or 'coupled', got {group['decay']!r}")
-        group["ns_dtype"] = _dtype_from(group["ns_dtype"])
+        # Kept as a name ("bf16", "fp32") so that a saved state dict holds plain data only.
+        group["ns_dtype"] = dtype_name(group["ns_dtype"])
         if algorithm in ("muonh", "muon", "adamh"):
             for param in group["params"]:
                 if param.ndim < 2:
@@ -182,38 +154,65 @@ class GroupedOptimizer(Optimizer):
                         "put 1-D parameters in an 'adam' group (build_optimizer does this)"
                     )
 
-    def _init_radius(self, param: torch.Tensor, group: dict[str, Any], name: str | None) -> None:
-        """Fix the sphere radius the first time the optimizer sees ``param`` (METHOD 2.3)."""
-        state = self.state[param]
-        if "radius" in state:
-            return
-        with torch.no_grad():
-            slices = _matrix_view(_full(param.detach()), group["layout"]).float()
-            if group["sphere"] == "matrix":
-                radius = torch.linalg.vector_norm(slices, dim=(-2, -1))
-                entries = slices[0].numel()
+    def _init_state(self, index: int, group: dict[str, Any]) -> None:
+        """Create every state tensor now (see the module docstring) and fix the sphere radii the
+        first time the optimizer sees a parameter (METHOD 2.3)."""
+        algorithm, params = group["algorithm"], group["params"]
+        for param in params:
+            state = self.state[param]
+            if algorithm in ("muonh", "muon"):
+                state.setdefault("momentum_buffer", torch.zeros_like(param.detach()))
             else:
-                radius = torch.linalg.vector_norm(slices).reshape(1)
-                entries = slices.numel()
-        rms = radius / math.sqrt(entries)
-        if not bool(torch.isfinite(radius).all()) or bool((rms < MIN_RADIUS_RMS).any()):
-            label = name or f"a parameter of shape {tuple(param.shape)}"
-            raise SphereError(
-                f"{label} has a zero, tiny or non-finite Frobenius norm "
-                f"(min RMS {rms.min().item():.3g}), so it has no sphere to stay on. MuonH/AdamH keep "
-                "each matrix at its initial norm: initialize it with a nonzero distribution "
-                "(e.g. kaiming-uniform) before building the optimizer, or give it the 'vector' role."
-            )
-        state["radius"] = radius
+                state.setdefault("step", 0)
+                state.setdefault("exp_avg", torch.zeros_like(param.detach()))
+                state.setdefault("exp_avg_sq", torch.zeros_like(param.detach()))
+        if algorithm not in SPHERE_ALGORITHMS or all("radius" in self.state[p] for p in params):
+            return
+        layouts, grid, _ = self._plan(index, group, params, need_work=False)
+        with torch.no_grad():
+            norms = reduce_slice_norms(layouts, grid, [local(p.detach()) for p in params])
+        names = group.get("param_names") or [None] * len(params)
+        for param, layout, slice_norms, name in zip(params, layouts, norms, names):
+            if group["sphere"] == "tensor":
+                radius, entries = slice_norms.square().sum().sqrt().reshape(1), param.numel()
+            else:
+                radius, entries = slice_norms, layout.rows * layout.cols
+            _check_sphere(radius, entries, name or f"a parameter of shape {tuple(param.shape)}")
+            self.state[param].setdefault("radius", radius)
+
+    def _plan(self, index: int, group: dict[str, Any], params: list, need_work: bool = True):
+        """Matrix layouts, the grid, and (for Newton-Schulz groups) the work plan of ``params``;
+        cached, since it depends on shapes and meshes only."""
+        key = (index, need_work, tuple(id(p) for p in params))
+        if key not in self._plans:
+            grids = {grid_of(p, self.replicate_group) for p in params}
+            if len(grids) > 1:
+                raise ValueError(
+                    "the parameters of one optimizer group must all be sharded on the same mesh "
+                    "(FSDP2/HSDP) or all be plain tensors; shard every module with fully_shard, "
+                    "or none"
+                )
+            grid = grids.pop()
+            layouts = [MatrixLayout.of(p.shape, group["layout"], grid.shard_size) for p in params]
+            plan = WorkPlan(layouts, grid, group["ns_steps"]) if need_work else None
+            self._plans[key] = (layouts, grid, plan)
+        return self._plans[key]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # torch casts floating state to the parameter dtype; radii define the sphere exactly, so
-        # they are restored in fp32 whatever the parameter dtype.
-        radii = {key: s["radius"] for key, s in state_dict["state"].items() if "radius" in s}
-        super().load_state_dict(state_dict)
+        # they are restored in fp32 whatever the parameter dtype. Saved and current parameters
+        # pair up by position, whatever the saved keys are (indices, or names from DCP).
+        saved_params = [key for group in state_dict["param_groups"] for key in group["params"]]
         params = [p for group in self.param_groups for p in group["params"]]
-        for key, radius in radii.items():
-            param = params[key]
+        radii = {
+            param: state_dict["state"][key]["radius"]
+            for key, param in zip(saved_params, params)
+            if "radius" in state_dict["state"].get(key, {})
+        }
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            group["ns_dtype"] = dtype_name(group["ns_dtype"])
+        for param, radius in radii.items():
             self.state[param]["radius"] = radius.to(dtype=torch.float32, device=param.device)
 
     # -- stepping -----------------------------------------------------------------------------
@@ -224,78 +223,61 @@ class GroupedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        self.step_stats = StepStats()
+        for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            for p in params:
-                if p.grad.is_sparse:
-                    raise RuntimeError("hyperp optimizers do not support sparse gradients")
-            # Sharded (DTensor) parameters are gathered whole: the sphere and Newton-Schulz act on
-            # the whole matrix. Every rank computes the same update and keeps its own shard.
-            tensors = [_full(p) for p in params]
-            grads = [_full(p.grad) for p in params]
-            states = [self.state[p] for p in params]
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError("hyperp optimizers do not support sparse gradients")
             algorithm = group["algorithm"]
-            if algorithm in ("muonh", "muon"):
-                directions = self._orthogonalized_momentum(group, tensors, grads, states)
-                if algorithm == "muonh":
-                    self._sphere_step(group, tensors, directions, states)
-                else:
-                    self._muon_step(group, tensors, directions)
-            elif algorithm == "adamh":
-                directions = self._adam_directions(group, tensors, grads, states)
-                self._sphere_step(group, tensors, directions, states)
+            if algorithm == "adam":
+                self._adam_step(group, params)
+                continue
+            if algorithm == "adamh":
+                directions = self._adam_directions(group, params)
             else:
-                self._adam_step(group, tensors, grads, states)
-            for p, full in zip(params, tensors):
-                if full is not p:
-                    _write_shard(p, full)
+                directions = self._orthogonalized_momentum(index, group, params)
+            if algorithm == "muon":
+                self._muon_step(index, group, params, directions)
+            else:
+                self._sphere_step(index, group, params, directions)
         return loss
 
-    def _orthogonalized_momentum(self, group, params, grads, states) -> list[torch.Tensor]:
-        """Nesterov momentum (accumulating form), then batched Newton-Schulz per shape bucket."""
+    def _orthogonalized_momentum(self, index, group, params) -> list[torch.Tensor]:
+        """Nesterov momentum (accumulating form) on local shards, then Newton-Schulz of every
+        matrix by its owner rank (see :mod:`hyperp.optim.sharding`)."""
         momentum = group["momentum"]
-        buffers = []
-        for p, state in zip(params, states):
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            buffers.append(state["momentum_buffer"])
+        grads = [local(p.grad) for p in params]
+        buffers = [local(self.state[p]["momentum_buffer"]) for p in params]
         torch._foreach_mul_(buffers, momentum)
         torch._foreach_add_(buffers, grads)
-        if group["nesterov"]:
-            updates = torch._foreach_add(grads, buffers, alpha=momentum)
-        else:
-            updates = buffers
-        directions: list[torch.Tensor | None] = [None] * len(params)
-        views = [_matrix_view(u, group["layout"]) for u in updates]
-        for indices, stacked in _buckets(views):
-            ortho = newton_schulz(
+        updates = (
+            torch._foreach_add(grads, buffers, alpha=momentum) if group["nesterov"] else buffers
+        )
+        _, _, plan = self._plan(index, group, params)
+        dtype = group["ns_dtype"]
+
+        def orthogonal(stacked: torch.Tensor) -> torch.Tensor:
+            return newton_schulz(
                 stacked,
                 group["ns_steps"],
                 coefficients=group["ns_coefficients"],
-                dtype=group["ns_dtype"],
+                dtype=_DTYPES[dtype] if dtype else default_ns_dtype(stacked.device),
             )
-            for i, chunk in zip(indices, ortho.split([views[i].shape[0] for i in indices])):
-                directions[i] = chunk
-        return directions  # type: ignore[return-value]
+
+        return orthogonalize(plan, list(updates), orthogonal, self.step_stats, index)
 
     def _adam_moments(self, group, grads, states) -> tuple[list, list, list[int]]:
         beta1, beta2 = group["betas"]
-        exp_avgs, exp_avg_sqs, steps = [], [], []
-        for grad, state in zip(grads, states):
-            if "exp_avg" not in state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+        exp_avgs = [local(state["exp_avg"]) for state in states]
+        exp_avg_sqs = [local(state["exp_avg_sq"]) for state in states]
+        for state in states:
             state["step"] += 1
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-        return exp_avgs, exp_avg_sqs, steps
+        return exp_avgs, exp_avg_sqs, [state["step"] for state in states]
 
     def _adam_denominators(self, group, exp_avg_sqs, steps) -> list[torch.Tensor]:
         """``sqrt(v_hat) + eps`` with ``v_hat = v / (1 - beta2^t)``."""
@@ -305,67 +287,63 @@ class GroupedOptimizer(Optimizer):
         torch._foreach_add_(denominators, group["eps"])
         return denominators
 
-    def _adam_directions(self, group, params, grads, states) -> list[torch.Tensor]:
-        """AdamH's direction ``m_hat / (sqrt(v_hat) + eps)``, as ``(count, rows, cols)``."""
+    def _adam_directions(self, group, params) -> list[torch.Tensor]:
+        """AdamH's direction ``m_hat / (sqrt(v_hat) + eps)`` on local shards."""
         beta1 = group["betas"][0]
-        exp_avgs, exp_avg_sqs, steps = self._adam_moments(group, grads, states)
+        grads = [local(p.grad) for p in params]
+        exp_avgs, exp_avg_sqs, steps = self._adam_moments(
+            group, grads, [self.state[p] for p in params]
+        )
         denominators = self._adam_denominators(group, exp_avg_sqs, steps)
         directions = torch._foreach_div(exp_avgs, denominators)
         torch._foreach_div_(directions, [1 - beta1**t for t in steps])
-        return [_matrix_view(d, group["layout"]) for d in directions]
+        return list(directions)
 
-    def _adam_step(self, group, params, grads, states) -> None:
+    def _adam_step(self, group, params) -> None:
         beta1 = group["betas"][0]
         lr, weight_decay = group["lr"], group["weight_decay"]
-        exp_avgs, exp_avg_sqs, steps = self._adam_moments(group, grads, states)
+        weights, grads = [local(p) for p in params], [local(p.grad) for p in params]
+        exp_avgs, exp_avg_sqs, steps = self._adam_moments(
+            group, grads, [self.state[p] for p in params]
+        )
         denominators = self._adam_denominators(group, exp_avg_sqs, steps)
         if weight_decay:
-            torch._foreach_mul_(params, 1 - lr * weight_decay)
+            torch._foreach_mul_(weights, 1 - lr * weight_decay)
         torch._foreach_addcdiv_(
-            params, exp_avgs, denominators, [-lr / (1 - beta1**t) for t in steps]
+            weights, exp_avgs, denominators, [-lr / (1 - beta1**t) for t in steps]
         )
 
-    def _sphere_step(self, group, params, directions, states) -> None:
+    def _sphere_step(self, index, group, params, directions) -> None:
         """``W' = (1 - lr·wd) W - lr · R/||D|| · D``, then ``W <- R · W'/||W'||`` (METHOD 2.3).
 
-        Runs on the stacked matrices of one shape at a time, in fp32. ``sphere="matrix"``: one
-        radius per 2-D slice; ``"tensor"``: slices of one parameter share a radius.
+        On local shards in fp32; each norm is a sum of per-rank partial sums. The retraction
+        removes any overall scale, so decay ``(1 - lr·wd)·W`` is applied as a step scaled by
+        ``1/(1 - lr·wd)``: the same point on the sphere, one pass less.
         """
+        layouts, grid, _ = self._plan(index, group, params, need_work=False)
         lr, weight_decay = group["lr"], group["weight_decay"]
         per_tensor = group["sphere"] == "tensor"
-        for indices, stacked_directions in _buckets(directions):
-            members = [params[i] for i in indices]
-            views = [_matrix_view(p, group["layout"]) for p in members]
-            radii = [states[i]["radius"] for i in indices]
-            counts = [v.shape[0] for v in views]
-            # One member in fp32 is stepped in place; several are stacked (one copy) first.
-            weights = torch.cat(views).float() if len(views) > 1 else views[0].float()
-            stacked_directions = stacked_directions.float()  # a fresh tensor: safe to scale
-            radius = torch.cat(radii) if len(radii) > 1 else radii[0]
-            # Sphere of each slice: itself, or (sphere="tensor") the parameter it belongs to.
-            unit = None
-            if per_tensor:
-                unit = torch.repeat_interleave(
-                    torch.arange(len(members), device=weights.device),
-                    torch.tensor(counts, device=weights.device),
-                )
-            # The retraction removes any overall scale, so decay (1 - lr·wd)·W is applied as a
-            # step scaled by 1/(1 - lr·wd): one pass less, same point on the sphere.
-            # A zero direction (zero gradient) moves nothing instead of dividing by zero.
-            step_size = (
-                lr * radius / _sphere_norms(stacked_directions, unit, radius).clamp_min(1e-30)
+        weights = [local(p) for p in params]
+        work = [w if w.dtype == torch.float32 else w.float() for w in weights]
+        radii = [self.state[p]["radius"] for p in params]
+        direction_norms = reduce_slice_norms(layouts, grid, directions, self.step_stats)
+        for layout, w, d, radius, norm in zip(layouts, work, directions, radii, direction_norms):
+            norm = _sphere_norm(norm, per_tensor).clamp_min(1e-30)  # a zero direction moves nothing
+            step = lr * radius / norm / (1 - lr * weight_decay)
+            view = layout.view(w)
+            view.sub_(layout.view(d).float() * _local_slices(step, layout, grid))
+        weight_norms = reduce_slice_norms(layouts, grid, work, self.step_stats)
+        for layout, w, radius, norm in zip(layouts, work, radii, weight_norms):
+            layout.view(w).mul_(
+                _local_slices(radius / _sphere_norm(norm, per_tensor), layout, grid)
             )
-            if weight_decay:
-                step_size = step_size / (1 - lr * weight_decay)
-            weights.sub_(stacked_directions.mul_(_per_slice(step_size, unit)))
-            weights.mul_(_per_slice(radius / _sphere_norms(weights, unit, radius), unit))
-            if weights.data_ptr() != members[0].data_ptr():
-                torch._foreach_copy_(
-                    members, [w.reshape(p.shape) for w, p in zip(weights.split(counts), members)]
-                )
+        for w, target in zip(work, weights):
+            if w is not target:
+                target.copy_(w)
 
-    def _muon_step(self, group, params, directions) -> None:
-        """The Muon baseline update (METHOD 2.5); no sphere."""
+    def _muon_step(self, index, group, params, directions) -> None:
+        """The Muon baseline update (METHOD 2.5) on local shards; no sphere."""
+        layouts, _, _ = self._plan(index, group, params)
         lr, weight_decay = group["lr"], group["weight_decay"]
         if group["decay"] == "independent":
             # λ_t = λ · η_t / η_peak: decay follows the schedule but not the LR's magnitude.
@@ -373,22 +351,20 @@ class GroupedOptimizer(Optimizer):
             decay = weight_decay * (lr / peak if peak > 0 else 0.0)
         else:
             decay = lr * weight_decay  # torch.optim.Muon: decoupled, scaled by the LR
+        weights = [local(p) for p in params]
         if decay:
-            torch._foreach_mul_(params, 1 - decay)
-        by_scale: dict[float, tuple[list, list]] = defaultdict(lambda: ([], []))
-        for p, direction in zip(params, directions):
-            rows, cols = _matrix_view(p, group["layout"]).shape[-2:]
+            torch._foreach_mul_(weights, 1 - decay)
+        for layout, weight, direction in zip(layouts, weights, directions):
+            fan_out, fan_in = layout.rows, layout.cols
+            if group["transposed"]:
+                fan_out, fan_in = fan_in, fan_out
             if group["scale"] == "spectral":
-                scale = math.sqrt(rows / cols)
+                scale = math.sqrt(fan_out / fan_in)
             elif group["scale"] == "torch":
-                scale = math.sqrt(max(1.0, p.shape[0] / p.shape[1]))
+                scale = math.sqrt(max(1.0, layout.rows / layout.cols))
             else:
                 scale = 1.0
-            targets, sources = by_scale[scale]
-            targets.append(p)
-            sources.append(direction.reshape(p.shape).to(p.dtype))
-        for scale, (targets, sources) in by_scale.items():
-            torch._foreach_add_(targets, sources, alpha=-lr * scale)
+            weight.add_(direction.to(weight.dtype), alpha=-lr * scale)
 
     # -- inspection ---------------------------------------------------------------------------
 
@@ -407,10 +383,11 @@ class GroupedOptimizer(Optimizer):
                     radius_text = (
                         f"{radius.min().item():.4g}..{radius.max().item():.4g} (x{radius.numel()})"
                     )
+                role = str(group.get("role") or "-")
                 rows.append(
                     (
                         name,
-                        str(group.get("role") or "-"),
+                        role + (" (in x out)" if group["transposed"] else ""),
                         group["algorithm"],
                         "x".join(str(s) for s in p.shape),
                         radius_text,
@@ -428,6 +405,43 @@ class GroupedOptimizer(Optimizer):
         if "radius" not in state:
             raise KeyError("this parameter is not on a sphere in this optimizer")
         return state["radius"]
+
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state held by this rank (local shards of sharded state)."""
+        total = 0
+        for state in self.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor):
+                    part = local(value)
+                    total += part.numel() * part.element_size()
+        return total
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+
+
+def _check_sphere(radius: torch.Tensor, entries: int, label: str) -> None:
+    rms = radius / math.sqrt(entries)
+    if not bool(torch.isfinite(radius).all()) or bool((rms < MIN_RADIUS_RMS).any()):
+        raise SphereError(
+            f"{label} has a zero, tiny or non-finite Frobenius norm "
+            f"(min RMS {rms.min().item():.3g}), so it has no sphere to stay on. MuonH/AdamH keep "
+            "each matrix at its initial norm: initialize it with a nonzero distribution "
+            "(e.g. kaiming-uniform) before building the optimizer, or give it the 'vector' role."
+        )
+
+
+def _sphere_norm(slice_norms: torch.Tensor, per_tensor: bool) -> torch.Tensor:
+    """Norm of each sphere: per slice, or (``sphere="tensor"``) of the whole parameter."""
+    return slice_norms.square().sum().sqrt().reshape(1) if per_tensor else slice_norms
+
+
+def _local_slices(values: torch.Tensor, layout: MatrixLayout, grid: Grid) -> torch.Tensor:
+    """Per-sphere values for this rank's slices, shaped to scale a ``(slices, rows, cols)`` view."""
+    if values.numel() == 1:
+        return values.reshape(1, 1, 1)
+    first, last = layout.slices_on(grid.shard_rank)
+    return values[first:last, None, None]
 
 
 class MuonH(GroupedOptimizer):

@@ -43,6 +43,7 @@ __all__ = [
 
 _ROLE_ATTRIBUTE = "_hyperp_role"
 _LAYOUT_ATTRIBUTE = "_hyperp_matrix_layout"
+_TRANSPOSED_ATTRIBUTE = "_hyperp_transposed"
 
 
 class Role(enum.StrEnum):
@@ -68,17 +69,27 @@ class Role(enum.StrEnum):
             raise ValueError(f"unknown parameter role {value!r}; use one of: {names}") from None
 
 
-def set_role(param: nn.Parameter, role: Role | str, *, layout: str | None = None) -> nn.Parameter:
+def set_role(
+    param: nn.Parameter,
+    role: Role | str,
+    *,
+    layout: str | None = None,
+    transposed: bool | None = None,
+) -> nn.Parameter:
     """Attach a role to a parameter so that :func:`assign_roles` needs no guessing.
 
     ``layout`` says how a tensor of more than two dimensions is read as matrices:
     ``"batch"`` (leading dimensions index independent matrices, e.g. an expert bank
     ``E x out x in``; the default) or ``"flatten"`` (one matrix ``shape[0] x prod(shape[1:])``,
-    e.g. a convolution kernel).
+    e.g. a convolution kernel). ``transposed`` says a matrix is stored ``in x out`` rather than
+    ``nn.Linear``'s ``out x in`` (transformers' ``Conv1D`` is detected without it); the Muon
+    baseline's ``sqrt(fan_out/fan_in)`` scale depends on it.
     """
     setattr(param, _ROLE_ATTRIBUTE, Role.parse(role))
     if layout is not None:
         setattr(param, _LAYOUT_ATTRIBUTE, _check_layout(layout))
+    if transposed is not None:
+        setattr(param, _TRANSPOSED_ATTRIBUTE, bool(transposed))
     return param
 
 
@@ -102,6 +113,7 @@ class ParameterInfo:
     role: Role
     layout: str  # "batch" or "flatten"; only meaningful for tensors of 3+ dims
     reason: str  # why this role (shown in the optimizer's table)
+    transposed: bool = False  # stored in x out (fan-in first), like transformers' Conv1D
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -137,6 +149,17 @@ def _resolve_head(model: nn.Module, head: nn.Module | str | None) -> nn.Module |
     return None
 
 
+def _stores_in_by_out(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2 and kin): a linear layer whose weight is ``in x out``."""
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__ == "Conv1D"
+        and isinstance(weight, nn.Parameter)
+        and weight.ndim == 2
+        and getattr(module, "nf", None) == weight.shape[1]
+    )
+
+
 def assign_roles(
     model: nn.Module,
     *,
@@ -160,11 +183,14 @@ def assign_roles(
 
     embedding_params: set[int] = set()
     conv_params: set[int] = set()
+    transposed_params: set[int] = set()
     for module in model.modules():
         if isinstance(module, nn.Embedding | nn.EmbeddingBag):
             embedding_params.update(id(p) for p in module.parameters(recurse=False))
         elif isinstance(module, nn.modules.conv._ConvNd):
             conv_params.update(id(p) for p in module.parameters(recurse=False))
+        elif _stores_in_by_out(module):
+            transposed_params.add(id(module.weight))
 
     infos: list[ParameterInfo] = []
     for name, param in _named_unique_parameters(model):
@@ -201,7 +227,8 @@ def assign_roles(
                 f"{name} has shape {tuple(param.shape)} but role {role.value!r} needs a matrix "
                 "(2 or more dimensions); give it the 'vector' role"
             )
-        infos.append(ParameterInfo(name, param, role, layout, reason))
+        transposed = getattr(param, _TRANSPOSED_ATTRIBUTE, id(param) in transposed_params)
+        infos.append(ParameterInfo(name, param, role, layout, reason, transposed))
 
     unused = sorted(set(overrides) - used_overrides)
     if unused:

@@ -113,8 +113,10 @@ def _corpus_of(record: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
         entry = {key: corpus.get(key) for key in _CORPUS_KEYS} | {"vocab_size": vocab}
         path = Path(str(corpus.get("path") or ""))
         directory = path if path.is_dir() and (path / "meta.json").is_file() else None
-        if directory is not None:
-            entry["eot_id"] = json.loads((directory / "meta.json").read_text()).get("eot_id")
+        if directory is not None:  # the prepared corpus's own meta says what it is
+            meta = json.loads((directory / "meta.json").read_text())
+            entry["eot_id"] = meta.get("eot_id")
+            entry["description"] = _meta_description(meta)
         return entry, directory
     data = record_value(record, "data") or {}
     directory = _data_directory(data)

@@ -184,6 +184,7 @@ class Runner:
         self.train = train
         self.log = log
         self._done: set[Path] = set()
+        self._vocab: dict[tuple, int] = {}
         self._decay: tuple[float | None, str] | None = None
 
     # -- sweep files ------------------------------------------------------------------------
@@ -273,11 +274,19 @@ class Runner:
         return Curve(arm, values, derived, directory, curve_spec, lr_key, lrs, seeds, missing)
 
     def _config(self, spec: SweepSpec, values: dict[str, Any]):
-        from hyperp.train.config import load_config  # torch-free by contract
+        """The resolved config of a curve's runs (the data's vocabulary filled in, as the
+        trainer does), for plans, batch sizes and depths."""
+        from hyperp.train.config import load_config
+        from hyperp.train.trainer import data_vocab_size
 
         overrides = {**spec.settings, **values}
         overrides.pop(SEED_KEY, None)
-        return load_config(spec.base, overrides)
+        config = load_config(spec.base, overrides)
+        data = config.data
+        key = (data.path, data.vocab_size, data.max_bytes, config.model.vocab_size)
+        if key not in self._vocab:
+            self._vocab[key] = data_vocab_size(config)
+        return config.resolve(self._vocab[key])
 
     # -- derived settings -------------------------------------------------------------------
 

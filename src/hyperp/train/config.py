@@ -13,7 +13,7 @@ import math
 import tomllib
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "RunConfig",
     "RunPlan",
     "TrainConfig",
+    "coerce",
     "load_config",
     "parse_overrides",
     "read_run_config",
@@ -52,6 +53,9 @@ NON_TRAJECTORY_KEYS = frozenset(
         "peak_flops",
         "compile",
         "device",
+        "distributed",
+        "shard_size",
+        "async_checkpoint",
     )
 )
 
@@ -121,6 +125,9 @@ class TrainConfig:
     The budget is ``tokens`` (0: Chinchilla-style from ``optim.base_tokens``, METHOD.md 4) or
     ``steps`` (which wins when both are set). ``batch_size`` is the global number of sequences
     per optimizer step, split over data-parallel ranks and then ``grad_accum`` micro-batches.
+    ``distributed``: ``ddp``, ``fsdp`` or ``hsdp`` (shard within groups of ``shard_size``
+    processes, replicate across them; 0 = the processes of one node).
+    ``async_checkpoint``: training goes on while checkpoint shards are written.
     """
 
     tokens: float = 0.0
@@ -133,6 +140,8 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False
     distributed: str = "ddp"
+    shard_size: int = 0
+    async_checkpoint: bool = False
     nproc: int = 1
     threads: int = 0
     log_every: int = 10
@@ -158,10 +167,17 @@ class TrainConfig:
             "keep_checkpoints",
         ):
             _require(getattr(self, name) >= 1, f"train.{name} must be at least 1")
-        for name in ("monitor_every", "eval_every", "eval_batches", "checkpoint_every", "threads"):
+        for name in (
+            "monitor_every",
+            "eval_every",
+            "eval_batches",
+            "checkpoint_every",
+            "threads",
+            "shard_size",
+        ):
             _require(getattr(self, name) >= 0, f"train.{name} must be >= 0 (0 disables)")
         _choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
-        _choice("train.distributed", self.distributed, ("ddp", "fsdp"))
+        _choice("train.distributed", self.distributed, ("ddp", "fsdp", "hsdp"))
 
     @property
     def batch_tokens(self) -> int:
@@ -198,10 +214,32 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def __post_init__(self) -> None:
-        if not self.data.path:
-            # The built-in corpus is prepared with data.vocab_size; the model must match it.
-            self.model.vocab_size = self.data.vocab_size
+    def resolve(self, data_vocab_size: int) -> RunConfig:
+        """This config with what the run derives filled in (a new object; nothing is mutated):
+
+        - ``model.vocab_size``: the data's vocabulary, unless set explicitly, and then at least
+          the data's (a larger table is allowed, e.g. padded for speed);
+        - ``model.logit_multiplier``: the method's own unless set: ``d0/d`` for the Muon
+          baseline (METHOD.md 2.5), 1 otherwise.
+        """
+        model = self.model
+        vocab = model.vocab_size or data_vocab_size
+        if vocab < data_vocab_size:
+            raise ValueError(
+                f"model.vocab_size {vocab} is smaller than the data's vocabulary "
+                f"({data_vocab_size} ids); raise it to at least {data_vocab_size} or leave it "
+                "unset to take the data's"
+            )
+        multiplier = model.logit_multiplier
+        if multiplier is None:
+            base_depth = self.optim.base_depth or model.depth
+            multiplier = base_depth / model.depth if self.optim.method == "muon" else 1.0
+        resolved = replace(model, vocab_size=vocab, logit_multiplier=multiplier)
+        return replace(self, model=resolved)
+
+    @property
+    def resolved(self) -> bool:
+        return self.model.vocab_size is not None and self.model.logit_multiplier is not None
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: asdict(getattr(self, name)) for name in SECTIONS}
@@ -226,11 +264,15 @@ class RunConfig:
             if not isinstance(table, dict):
                 raise ValueError(f"config section [{name}] must be a table, got {table!r}")
             _check_keys(name, section_class, table)
-            built[name] = section_class(**table)
+            built[name] = section_class(**{k: coerce(name, k, v) for k, v in table.items()})
         return cls(**built)
 
     def plan(self) -> RunPlan:
-        """Peak LR, token budget and steps of this run from the HyperP rules (METHOD.md 4)."""
+        """Peak LR, token budget and steps of this run from the HyperP rules (METHOD.md 4).
+
+        Needs a resolved config (:meth:`resolve`): the vocabulary enters the parameter count."""
+        if not self.resolved:
+            raise ValueError("plan() needs a resolved config: call config.resolve(data_vocab_size)")
         optim, train, model = self.optim, self.train, self.model
         scale = model.scale()
         batch_tokens = train.batch_tokens
@@ -281,8 +323,8 @@ class RunConfig:
                 f"{rule.token_exponent:g}]"
             )
         explanation = (
-            f"model: depth {model.depth}, width {model.width}, {scale.params / 1e6:.2f}M "
-            f"dense-equivalent parameters (N of METHOD 4)",
+            f"model: depth {model.depth}, width {model.width}, vocabulary {model.vocab_size}, "
+            f"{scale.params / 1e6:.2f}M dense-equivalent parameters (N of METHOD 4)",
             f"budget: {tokens:,} tokens = {steps} steps x {batch_tokens:,} tokens "
             f"({tokens / scale.params:.3g} tokens/parameter)",
             how,
@@ -337,14 +379,39 @@ def _field_types(section_class: type) -> dict[str, Any]:
     return typing.get_type_hints(section_class)
 
 
-def _parse_value(text: str, annotation: Any, key: str) -> Any:
-    """Turn an override string into the field's type (int, float, bool, str, or X | None)."""
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def coerce(section: str, key: str, value: Any) -> Any:
+    """``value`` as the type of config field ``section.key``: text (from the command line) is
+    parsed; other values (from TOML or Python) must already have the type. A bool is not an
+    integer, and a float is not an integer even when whole (``steps = 2.0`` is refused)."""
+    annotation = _field_types(SECTIONS[section])[key]
     options = (
         typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
     )
-    if type(None) in options and text.lower() in ("none", "null", ""):
-        return None
+    optional = type(None) in options
     base = next(t for t in options if t is not type(None))
+    if value is None and optional:
+        return None
+    if isinstance(value, str) and base is not str:
+        return _parse_text(value, base, optional, f"{section}.{key}")
+    valid = (
+        isinstance(value, base) and not (base is int and isinstance(value, bool))
+        if base is not float
+        else isinstance(value, int | float) and not isinstance(value, bool)
+    )
+    if not valid:
+        raise ValueError(
+            f"{section}.{key} must be {_TYPE_NAMES.get(base, base.__name__)}"
+            f"{' or none' if optional else ''}, got {value!r} ({type(value).__name__})"
+        )
+    return float(value) if base is float else value
+
+
+def _parse_text(text: str, base: type, optional: bool, name: str) -> Any:
+    if optional and text.lower() in ("none", "null", ""):
+        return None
     try:
         if base is bool:
             lowered = text.lower()
@@ -353,22 +420,27 @@ def _parse_value(text: str, annotation: Any, key: str) -> Any:
             if lowered in ("0", "false", "no", "off"):
                 return False
             raise ValueError
+        number = parse_number(text)
         if base is int:
-            number = parse_number(text)
             if number != int(number):
                 raise ValueError
             return int(number)
-        if base is float:
-            return float(parse_number(text))
-        return text
+        return float(number)
     except (ValueError, OverflowError):
-        kind = getattr(base, "__name__", str(base))
-        raise ValueError(f"--{key} {text!r} is not a valid {kind}") from None
+        raise ValueError(
+            f"--{name} {text!r} is not a valid {base.__name__} "
+            f"(expected {_TYPE_NAMES.get(base, base.__name__)})"
+        ) from None
 
 
-def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+def parse_overrides(
+    items: list[str] | dict[str, Any] | None, sections: tuple[str, ...] | None = None
+) -> dict[str, dict[str, Any]]:
     """``["--train.steps", "100", "--model.width=64"]`` (or ``{"train.steps": 100}``) to nested
-    typed values. Unknown sections or keys are errors that name the closest valid key."""
+    typed values: the one override parser of every verb. ``sections`` limits which sections may
+    be set. Unknown sections or keys are errors that name the closest valid key; values of the
+    wrong type are errors that name the expected type."""
+    allowed = sections or tuple(SECTIONS)
     pairs: list[tuple[str, Any]] = []
     if isinstance(items, dict):
         pairs = list(items.items())
@@ -391,15 +463,13 @@ def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict[str, dict[
     nested: dict[str, dict[str, Any]] = {}
     for key, value in pairs:
         section, _, name = key.partition(".")
-        if section not in SECTIONS or not name:
+        if section not in allowed or not name:
             raise ValueError(
                 f"unknown override --{key}; overrides look like --SECTION.KEY VALUE with SECTION "
-                f"one of {', '.join(SECTIONS)}"
+                f"{'one of ' if len(allowed) > 1 else ''}{', '.join(allowed)}"
             )
         _check_keys(section, SECTIONS[section], {name: None})
-        if isinstance(value, str):
-            value = _parse_value(value, _field_types(SECTIONS[section])[name], key)
-        nested.setdefault(section, {})[name] = value
+        nested.setdefault(section, {})[name] = coerce(section, name, value)
     return nested
 
 

@@ -121,3 +121,95 @@ def open_sinks(
     if wandb:
         sinks.append(WandbSink(wandb_project, name, config, out_dir))
     return Sinks(sinks)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class RunLog:
+    """What a person reads: messages and a plain line every ``log_every`` steps.
+
+    Everything goes to ``RUN/train.log``. On stdout: the messages, and the step lines too when
+    stdout is not a terminal (nohup, SLURM, a pipe); on a terminal a progress bar (stderr) shows
+    the same numbers instead. Only the main rank writes.
+    """
+
+    def __init__(
+        self, path: Path | None, *, total_steps: int, start_step: int, progress: bool
+    ) -> None:
+        import sys
+
+        self.total_steps, self.start_step = total_steps, start_step
+        self.file = path.open("a", encoding="utf-8") if path is not None else None
+        self.on_terminal = sys.stdout.isatty()
+        self.bar = None
+        if path is not None and progress and self.on_terminal:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                unit="step",
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
+        self.started = None
+
+    def info(self, message: str) -> None:
+        if self.file is None:
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+        self.file.write(message + "\n")
+        self.file.flush()
+
+    def step(
+        self, step: int, record: dict[str, Any] | None, loss: float, val: float | None
+    ) -> None:
+        """Advance the bar; with a logged ``record``, write the step line."""
+        if self.file is None:
+            return
+        import time
+
+        now = time.perf_counter()
+        if self.started is None:
+            self.started = (now, step - 1)
+        if self.bar is not None:
+            self.bar.update(1)
+        if record is None:
+            return
+        done = step - self.started[1]
+        eta = (now - self.started[0]) / done * (self.total_steps - step) if done else 0.0
+        parts = [f"step {step}/{self.total_steps}", f"loss {loss:.4f}"]
+        if val is not None:
+            parts.append(f"val {val:.4f}")
+        if "lr" in record:
+            parts.append(f"lr {record['lr']:.3g}")
+        if "tokens_per_s" in record:
+            parts.append(f"{record['tokens_per_s']:,.0f} tok/s")
+        parts.append(f"eta {_duration(eta)}")
+        line = " | ".join(parts)
+        self.file.write(line + "\n")
+        self.file.flush()
+        if self.bar is not None:
+            shown = {"loss": f"{loss:.3f}"}
+            if val is not None:
+                shown["val"] = f"{val:.3f}"
+            if "tokens_per_s" in record:
+                shown["tok/s"] = f"{record['tokens_per_s']:.3g}"
+            self.bar.set_postfix(shown, refresh=False)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None

@@ -1,52 +1,53 @@
-"""The training loop: one CPU, or many processes under torchrun (DDP or FSDP2).
+"""The training loop: one CPU, or many processes under torchrun or srun (DDP, FSDP2, HSDP).
 
 A run directory is the contract with everything downstream (DESIGN.md):
 
-- ``config.json``: the resolved config and the plan (LR, tokens, steps) it implies;
+- ``config.json``: the resolved config (vocabulary from the data, the method's logit multiplier)
+  and the plan (LR, tokens, steps) it implies;
 - ``metrics.jsonl``: one record per logged step (train loss, LR, grad norm, tokens/s, MFU,
   stability indicators on monitor steps, validation loss on eval steps);
-- ``checkpoints/step_XXXXXXXX.pt``: the last ``train.keep_checkpoints`` checkpoints;
-- ``summary.json``: written atomically when the run finishes (``error.txt`` if it fails).
+- ``train.log``: what a person reads: the plan, a line every ``train.log_every`` steps, the end;
+- ``tokenizer.json``: the data's tokenizer, so that the run can be used without its corpus;
+- ``checkpoints/step_XXXXXXXX/``: the last ``train.keep_checkpoints`` distributed checkpoints
+  (:mod:`hyperp.train.checkpoint`);
+- ``summary.json``: written atomically when the run finishes (``error.txt`` if it fails);
+- ``trainer.lock``: held while a trainer runs (:mod:`hyperp.train.rundir`).
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
+import json
 import math
 import os
-import random
+import shutil
 import signal
-import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
 from hyperp import monitor
-from hyperp.data import TrainLoader, default_corpus, open_corpus, validation_batches
+from hyperp.data import Corpus, TrainLoader, default_corpus, open_corpus, validation_batches
 from hyperp.fileio import atomic_write_json, atomic_write_text
 from hyperp.model import Transformer
-from hyperp.optim import build_optimizer
+from hyperp.optim import GroupedOptimizer, build_optimizer
 from hyperp.optim.roles import assign_roles
 from hyperp.rules import lr_schedule
-from hyperp.train.checkpoint import (
-    full_model_state,
-    list_checkpoints,
-    load_latest_checkpoint,
-    load_model_state,
-    save_checkpoint,
-)
+from hyperp.train.checkpoint import Checkpointer, CheckpointError, root_cause
 from hyperp.train.config import NON_TRAJECTORY_KEYS, RunConfig, RunPlan
-from hyperp.train.distributed import Distributed, setup_distributed
-from hyperp.train.sinks import open_sinks
+from hyperp.train.distributed import Distributed, parallelize, setup_distributed
+from hyperp.train.rundir import RunLock
+from hyperp.train.sinks import RunLog, Sinks, open_sinks
+from hyperp.train.state import ModelState, OptimizerState, RNGState, RunCounters
 
-__all__ = ["RunResult", "TrainingDiverged", "train"]
+__all__ = ["RunResult", "TrainingDiverged", "data_vocab_size", "train"]
 
 # Dense bf16 peak FLOP/s for MFU, by CUDA device name.
 _PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12}
@@ -94,10 +95,6 @@ def _precision(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if name == "bf16" else None
 
 
-def _ns_dtype(name: str) -> torch.dtype | None:
-    return {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[name]
-
-
 def _peak_flops(config: RunConfig, device: torch.device) -> float:
     if config.train.peak_flops:
         return config.train.peak_flops
@@ -109,23 +106,43 @@ def _peak_flops(config: RunConfig, device: torch.device) -> float:
     return 0.0
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+def _open_corpus(config: RunConfig, *, prepare: bool, log=print) -> Corpus | None:
+    """The run's corpus. The built-in one is prepared first when ``prepare`` (else None if it
+    is not prepared yet). An explicit ``model.vocab_size`` reaches llm.c shards."""
+    data = config.data
+    if data.path:
+        verify = "once" if prepare else "never"
+        return open_corpus(data.path, vocab_size=config.model.vocab_size, verify=verify)
+    from hyperp.data.stdlib_corpus import cache_root
+
+    built_in = dict(vocab_size=data.vocab_size, max_bytes=data.max_bytes or None)
+    if not prepare:
+        from hyperp.data.stdlib_corpus import _corpus_name
+
+        path = cache_root() / _corpus_name(**built_in)
+        return open_corpus(path, verify="never") if (path / "meta.json").is_file() else None
+    return open_corpus(default_corpus(**built_in, log=log))
+
+
+def data_vocab_size(config: RunConfig) -> int:
+    """The vocabulary the run's data has, cheaply (no checksums): what :meth:`RunConfig.resolve`
+    needs for a plan, as in a dry run. The built-in corpus, before it is first prepared, has
+    ``data.vocab_size``."""
+    corpus = _open_corpus(config, prepare=False)
+    return corpus.vocab_size if corpus is not None else config.data.vocab_size
+
+
+def _corpus_summary(corpus: Corpus) -> dict[str, Any]:
+    splits = corpus.meta.get("splits", {})
+    return {
+        "path": str(corpus.path),
+        "format": corpus.format,
+        "train_tokens": len(corpus.train),
+        "val_tokens": len(corpus.val),
+        "train_documents": splits.get("train", {}).get("documents"),
+        "val_documents": splits.get("val", {}).get("documents"),
+        "description": corpus.meta.get("description") or corpus.meta.get("command") or "",
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -138,6 +155,43 @@ def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[
     return differences
 
 
+@dataclass
+class _Run:
+    """Everything one training run uses, built once by :meth:`Trainer._build`."""
+
+    config: RunConfig
+    plan: RunPlan
+    corpus: Corpus
+    model: nn.Module  # the Transformer (holding FSDP2 shards under fsdp/hsdp)
+    module: nn.Module  # what the step calls: the model, its DDP wrapper, or compiled
+    optimizer: GroupedOptimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: TrainLoader
+    counters: RunCounters
+    checkpointer: Checkpointer
+    log: RunLog
+    sinks: Sinks | None
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    peak_flops: float
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        self.log.close()
+        if self.sinks is not None:
+            self.sinks.close()
+
+
+@dataclass
+class _Step:
+    """What one optimizer step measured (losses averaged over ranks)."""
+
+    lm_loss: float
+    aux_loss: float
+    grad_norm: float
+    lr: float
+    indicators: dict[str, float] | None
+
+
 class Trainer:
     def __init__(
         self,
@@ -147,93 +201,95 @@ class Trainer:
         resume: str,
         stop_after: int | None = None,
     ) -> None:
-        self.stop_after = stop_after
         self.config = config
         self.out_dir = out_dir
         self.dist = dist
         self.resume = resume
+        self.stop_after = stop_after
         self.checkpoint_dir = out_dir / "checkpoints"
-        self.log = print if dist.is_main else (lambda *a, **k: None)
+        self.say = print if dist.is_main else (lambda *a, **k: None)
 
     # -- set-up -------------------------------------------------------------------------------
 
-    def _open_data(self):
-        data = self.config.data
-        if data.path:
-            corpus = open_corpus(data.path)
-        else:
-            # Rank 0 prepares the built-in corpus once; the others wait, then open the cache.
-            if self.dist.is_main:
-                default_corpus(
-                    vocab_size=data.vocab_size, max_bytes=data.max_bytes or None, log=self.log
-                )
-            self.dist.barrier()
-            corpus = open_corpus(
-                default_corpus(vocab_size=data.vocab_size, max_bytes=data.max_bytes or None)
-            )
-        return corpus
-
-    def _build_model(self) -> nn.Module:
-        torch.manual_seed(self.config.train.seed)  # identical initial weights on every rank
-        model = Transformer(self.config.model).to(self.dist.device)
-        return model
-
-    def _wrap(self, model: nn.Module) -> nn.Module:
-        train = self.config.train
-        if self.dist.enabled and train.distributed == "fsdp":
-            from torch.distributed.fsdp import fully_shard
-
-            for block in model.blocks:
-                fully_shard(block)
-            fully_shard(model)
-            wrapped = model
-        elif self.dist.enabled:
-            device_ids = [self.dist.device] if self.dist.device.type == "cuda" else None
-            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-        else:
-            wrapped = model
-        if train.compile:
-            wrapped = torch.compile(wrapped)
-        return wrapped
-
-    # -- the run ------------------------------------------------------------------------------
-
     def run(self) -> RunResult:
-        config, train, dist = self.config, self.config.train, self.dist
-        summary_path = self.out_dir / "summary.json"
-        if summary_path.exists() and self.resume != "never":
-            self.log(f"{self.out_dir} already holds a finished run (summary.json); nothing to do")
+        if (self.out_dir / "summary.json").exists() and self.resume != "never":
+            self.say(f"{self.out_dir} already holds a finished run (summary.json); nothing to do")
             return RunResult("already finished", self.out_dir, None, 0)
-        if train.threads:
-            torch.set_num_threads(train.threads)
-        corpus = self._open_data()
-        if config.model.vocab_size != corpus.vocab_size:
-            self.log(f"model.vocab_size set to the corpus vocabulary: {corpus.vocab_size}")
-            config.model.vocab_size = corpus.vocab_size
-        checkpoint = self._resume_point()
+        if self.config.train.threads:
+            torch.set_num_threads(self.config.train.threads)
+        lock = RunLock(self.out_dir, self.dist)
+        lock.acquire(log=self.say)
+        try:
+            config = self._resolve()
+            plan = config.plan()
+            run = self._build(config, plan)
+            try:
+                start = self._restore(run)
+                with _StopFlag() as stop:
+                    return self._loop(run, start, stop)
+            finally:
+                run.close()
+        finally:
+            lock.release()
+
+    def _resolve(self) -> RunConfig:
+        """The resolved config, after checking the batch split and the directory's history."""
+        if self.dist.is_main:
+            corpus = _open_corpus(self.config, prepare=True, log=self.say)
+        self.dist.barrier()  # rank 0 prepared the built-in corpus; the others now open it
+        if not self.dist.is_main:
+            corpus = _open_corpus(self.config, prepare=True)
+        self._corpus = corpus
+        config = self.config.resolve(corpus.vocab_size)
+        train, world = config.train, self.dist.world_size
         if train.seq_len > config.model.context:
             raise ValueError(
-                f"train.seq_len {train.seq_len} exceeds model.context "
-                f"{config.model.context}; raise model.context or shorten seq_len"
+                f"train.seq_len {train.seq_len} exceeds model.context {config.model.context}; "
+                "raise model.context or shorten seq_len"
             )
-        local_batch, remainder = divmod(train.batch_size, dist.world_size * train.grad_accum)
-        if remainder or local_batch == 0:
+        if train.batch_size % (world * train.grad_accum):
             raise ValueError(
                 f"train.batch_size {train.batch_size} must be a multiple of processes x "
-                f"grad_accum = {dist.world_size} x {train.grad_accum}"
+                f"grad_accum = {world} x {train.grad_accum}"
             )
-        plan = config.plan()
-        if dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(
-                self.out_dir / "config.json", {**config.to_dict(), "plan": plan.to_dict()}
+        has_run = (self.out_dir / "metrics.jsonl").exists() or any(self.checkpoint_dir.glob("*"))
+        if self.resume == "never" and has_run:
+            raise ValueError(
+                f"{self.out_dir} already holds a run; pass --resume auto to continue it, or "
+                "choose another --out (nothing is overwritten)"
             )
-            for line in plan.explanation:
-                self.log(line)
+        saved = self.out_dir / "config.json"
+        if has_run and saved.is_file():
+            differences = _config_differences(json.loads(saved.read_text()), config.to_dict())
+            if differences:
+                raise ValueError(
+                    f"{self.out_dir} holds a run with a different config "
+                    f"({'; '.join(differences)}); resume it with the same settings, or choose "
+                    "another --out"
+                )
+        return config
 
-        model = self._build_model()
-        roles = {info.name: info.role for info in assign_roles(model)}  # before sharding drops tags
-        wrapped = self._wrap(model)
+    def _ns_dtype(self, config: RunConfig) -> tuple[str, str]:
+        """Newton-Schulz precision and why; rank 0 decides so that every rank agrees."""
+        if config.optim.ns_dtype != "auto":
+            return config.optim.ns_dtype, "optim.ns_dtype"
+        if self.dist.device.type != "cpu":
+            return "bf16", "the default on CUDA"
+        from hyperp.optim.precision import cpu_ns_choice
+
+        dtype, why = cpu_ns_choice() if self.dist.is_main else (None, "")
+        bf16 = self.dist.broadcast_int(int(dtype == torch.bfloat16) if self.dist.is_main else 0)
+        return ("bf16" if bf16 else "fp32"), why
+
+    def _build(self, config: RunConfig, plan: RunPlan) -> _Run:
+        train, dist = config.train, self.dist
+        torch.manual_seed(train.seed)  # identical initial weights on every rank
+        model = Transformer(config.model).to(dist.device)
+        roles = {info.name: info.role for info in assign_roles(model)}  # before sharding
+        shard_size = train.shard_size or int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
+        parallel = parallelize(model, dist, train.distributed, shard_size)
+        module = torch.compile(parallel.module) if train.compile else parallel.module
+        ns_dtype, ns_reason = self._ns_dtype(config)
         optimizer = build_optimizer(
             model,
             config.optim.method,
@@ -245,8 +301,9 @@ class Trainer:
             betas=(config.optim.beta1, config.optim.beta2),
             eps=config.optim.eps,
             sphere=config.optim.sphere,
-            ns_dtype=_ns_dtype(config.optim.ns_dtype),
+            ns_dtype=ns_dtype,
             roles=roles,
+            replicate_group=parallel.replicate_group,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
@@ -258,7 +315,7 @@ class Trainer:
             ),
         )
         loader = TrainLoader(
-            corpus.train,
+            self._corpus.train,
             batch_size=train.batch_size,
             context=train.seq_len,
             seed=train.seed,
@@ -266,285 +323,275 @@ class Trainer:
             world_size=dist.world_size,
             device=dist.device,
         )
-        start_step, counters = 0, {"wall_time_s": 0.0}
-        if checkpoint is not None:
-            payload, path = checkpoint
-            load_model_state(model, payload["model"])
-            optimizer.load_state_dict(payload["optimizer"])
-            scheduler.load_state_dict(payload["scheduler"])
-            loader.load_state_dict(payload["loader"])
-            _set_rng_state(payload["rng"])
-            start_step, counters = payload["step"], payload["counters"]
-            self.log(f"resumed from {path} at step {start_step}")
-        elif dist.is_main and train.progress:
-            self.log(optimizer.describe())
-
-        sinks = None
-        if dist.is_main:
-            sinks = open_sinks(
-                self.out_dir,
-                resume_step=start_step if checkpoint else None,
-                tensorboard=train.tensorboard,
-                wandb=train.wandb,
-                wandb_project=train.wandb_project,
-                name=self.out_dir.name,
-                config=config.to_dict(),
-            )
-        try:
-            with _StopFlag() as stop:
-                return self._loop(
-                    model,
-                    wrapped,
-                    optimizer,
-                    scheduler,
-                    loader,
-                    corpus,
-                    plan,
-                    start_step,
-                    counters,
-                    sinks,
-                    stop,
-                )
-        finally:
-            if sinks is not None:
-                sinks.close()
-
-    def _resume_point(self):
-        checkpoints = list_checkpoints(self.checkpoint_dir)
-        if self.resume == "never":
-            if checkpoints or (self.out_dir / "metrics.jsonl").exists():
-                raise ValueError(
-                    f"{self.out_dir} already holds a run; pass --resume auto to continue it, or "
-                    "choose another --out (nothing is overwritten)"
-                )
-            return None
-        if not checkpoints:
-            if self.resume == "must":
-                raise FileNotFoundError(f"no checkpoint to resume in {self.checkpoint_dir}")
-            if (self.out_dir / "metrics.jsonl").exists() and self.dist.is_main:
-                self.log(f"{self.out_dir} has metrics but no checkpoint: starting over")
-            return None
-        found = load_latest_checkpoint(self.checkpoint_dir)
-        if found is None:
-            raise ValueError(f"no readable checkpoint in {self.checkpoint_dir}; see the warnings")
-        differences = _config_differences(found[0]["config"], self.config.to_dict())
-        if differences:
-            raise ValueError(
-                f"{self.out_dir} holds a run with a different config ({'; '.join(differences)}); "
-                "resume it with the same settings, or choose another --out"
-            )
-        return found
-
-    def _evaluate(self, wrapped: nn.Module, corpus, autocast) -> float:
-        """Mean validation loss per token; identical for any number of processes."""
-        train, dist = self.config.train, self.dist
-        batches = list(
-            validation_batches(
-                corpus.val,
-                batch_size=train.batch_size,
-                context=train.seq_len,
-                max_batches=train.eval_batches,
-                rank=dist.rank,
-                world_size=dist.world_size,
-                device=dist.device,
-            )
+        counters = RunCounters()
+        log = RunLog(
+            self.out_dir / "train.log" if dist.is_main else None,
+            total_steps=plan.steps,
+            start_step=0,
+            progress=train.progress,
         )
-        total_batches = int(dist.sum([len(batches)])[0])
-        rounds = math.ceil(total_batches / dist.world_size) if dist.enabled else len(batches)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
-        count = 0
-        wrapped.eval()
-        with torch.no_grad():
-            for index in range(rounds):
-                # Sharded models need every rank in every forward: a rank without a batch runs
-                # its first one again and ignores the result.
-                real = index < len(batches)
-                inputs, targets = batches[index] if real else batches[0]
-                with autocast():
-                    logits = wrapped(inputs).logits
-                if real:
-                    loss = nn.functional.cross_entropy(
-                        logits.float().flatten(0, 1), targets.flatten(), reduction="sum"
-                    )
-                    loss_sum += loss.double()
-                    count += targets.numel()
-        wrapped.train()
-        total, tokens = dist.sum([loss_sum.item(), float(count)])
-        return total / tokens
-
-    def _loop(
-        self,
-        model,
-        wrapped,
-        optimizer,
-        scheduler,
-        loader,
-        corpus,
-        plan: RunPlan,
-        start_step,
-        counters,
-        sinks,
-        stop,
-    ) -> RunResult:
-        config, train, dist = self.config, self.config.train, self.dist
-        dtype = _precision(train.precision, dist.device)
-        device_type = dist.device.type
+        components = {
+            "model": ModelState(model),
+            "optimizer": OptimizerState(model, optimizer),
+            "scheduler": scheduler,
+            "loader": loader,
+            "rng": RNGState(dist.rank),
+            "counters": counters,
+        }
+        checkpointer = Checkpointer(
+            self.checkpoint_dir,
+            components,
+            keep=train.keep_checkpoints,
+            async_save=train.async_checkpoint,
+            log=log.info,
+        )
+        dtype, device_type = _precision(train.precision, dist.device), dist.device.type
 
         def autocast():
             if dtype is None:
                 return contextlib.nullcontext()
             return torch.autocast(device_type=device_type, dtype=dtype)
 
-        peak_flops = _peak_flops(config, dist.device)
-        grad_params = [p for p in model.parameters() if p.requires_grad]
-        recent = collections.deque(maxlen=20)
-        last_val = counters.get("val_loss")
-        interval_start, interval_tokens = time.perf_counter(), 0
-        run_start = time.perf_counter() - counters["wall_time_s"]
-        progress = None
-        if dist.is_main and train.progress:
-            from tqdm import tqdm
+        run = _Run(
+            config, plan, self._corpus, model, module, optimizer, scheduler, loader, counters,
+            checkpointer, log, None, autocast, _peak_flops(config, dist.device),
+        )  # fmt: skip
+        self._write_run_files(run, f"{ns_reason}: Newton-Schulz in {ns_dtype}")
+        return run
 
-            progress = tqdm(
-                total=plan.steps,
-                initial=start_step,
-                unit="step",
-                dynamic_ncols=True,
-                disable=None,
-                file=sys.stderr,
-            )
-        step = start_step
+    def _write_run_files(self, run: _Run, precision_note: str) -> None:
+        if not self.dist.is_main:
+            return
+        atomic_write_json(
+            self.out_dir / "config.json", {**run.config.to_dict(), "plan": run.plan.to_dict()}
+        )
+        tokenizer = run.corpus.tokenizer_path
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, self.out_dir / "tokenizer.json")
+        for line in run.plan.explanation:
+            run.log.info(line)
+        if run.config.optim.method != "adamw":
+            run.log.info(precision_note)
+
+    def _restore(self, run: _Run) -> int:
+        """Load the newest complete checkpoint, if any; the step to continue from."""
+        found = run.checkpointer.latest() if self.resume != "never" else None
+        if found is None:
+            if self.resume == "must":
+                raise FileNotFoundError(f"no checkpoint to resume in {self.checkpoint_dir}")
+            if self.dist.is_main and self.config.train.progress:
+                run.log.info(run.optimizer.describe())
+            run.sinks = self._open_sinks(run, None)
+            return 0
+        step, path = found
+        run.checkpointer.restore(path)
+        if run.loader.step != step:
+            raise CheckpointError(f"checkpoint {path} is of step {run.loader.step}, not {step}")
+        run.log.info(f"resumed from {path} at step {step}")
+        run.sinks = self._open_sinks(run, step)
+        return step
+
+    def _open_sinks(self, run: _Run, resume_step: int | None) -> Sinks | None:
+        if not self.dist.is_main:
+            return None
+        train = run.config.train
+        return open_sinks(
+            self.out_dir,
+            resume_step=resume_step,
+            tensorboard=train.tensorboard,
+            wandb=train.wandb,
+            wandb_project=train.wandb_project,
+            name=self.out_dir.name,
+            config=run.config.to_dict(),
+        )
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _loop(self, run: _Run, step: int, stop: _StopFlag) -> RunResult:
+        train, plan = run.config.train, run.plan
+        clock = _Clock(run.counters.wall_time_s)
         while step < plan.steps:
             step += 1
-            inputs, targets = next(loader)
-            watch = train.monitor_every and (step % train.monitor_every == 0 or step == 1)
-            collector = monitor.collect(model) if watch else contextlib.nullcontext()
-            lm_sum = aux_sum = 0.0
-            with collector as stats:
-                micro = list(zip(inputs.chunk(train.grad_accum), targets.chunk(train.grad_accum)))
-                for index, (x, y) in enumerate(micro):
-                    last = index == len(micro) - 1
-                    no_sync = getattr(wrapped, "no_sync", None)
-                    sync = no_sync() if (no_sync and not last) else contextlib.nullcontext()
-                    with sync:
-                        with autocast():
-                            out = wrapped(x, y)
-                        (out.loss / train.grad_accum).backward()
-                    lm_sum += out.lm_loss.detach().float() / train.grad_accum
-                    aux_sum += out.aux_loss.detach().float() / train.grad_accum
-            lm_loss, aux_loss = dist.sum([float(lm_sum), float(aux_sum)])
-            lm_loss, aux_loss = lm_loss / dist.world_size, aux_loss / dist.world_size
-            if not math.isfinite(lm_loss + aux_loss):
-                saved = list_checkpoints(self.checkpoint_dir)
-                where = f"step {saved[-1][0]} ({saved[-1][1]})" if saved else "none saved yet"
-                raise TrainingDiverged(
-                    f"the loss became {lm_loss + aux_loss} at step {step}; the run stopped before "
-                    f"updating the weights. Last good checkpoint: {where}. Lower the learning "
-                    "rate (optim.base_lr or optim.lr) or check the data, then start a new run."
-                )
-            clip = config.optim.grad_clip or math.inf  # 0 disables clipping
-            grad_norm = torch.nn.utils.clip_grad_norm_(grad_params, clip)
-            if hasattr(grad_norm, "full_tensor"):
-                grad_norm = grad_norm.full_tensor()
-            lr_now = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-
-            step_tokens = plan.batch_tokens
-            interval_tokens += step_tokens
-            recent.append(lm_loss)
-            record = None
-            if step % train.log_every == 0 or step == 1 or step == plan.steps or watch:
-                now = time.perf_counter()
-                tokens_per_s = interval_tokens / max(now - interval_start, 1e-9)
-                interval_start, interval_tokens = now, 0
-                record = {
-                    "step": step,
-                    "tokens": step * plan.batch_tokens,
-                    "loss": lm_loss + aux_loss,
-                    "lm_loss": lm_loss,
-                    "aux_loss": aux_loss,
-                    "lr": lr_now,
-                    "grad_norm": float(grad_norm),
-                    "tokens_per_s": tokens_per_s,
-                    "elapsed_s": now - run_start,
-                }
-                if peak_flops:
-                    record["mfu"] = (
-                        plan.flops_per_token * tokens_per_s / (peak_flops * dist.world_size)
-                    )
-                if watch and stats is not None:
-                    record.update(stats.summary())
-            evaluate = (train.eval_every and step % train.eval_every == 0) or step == plan.steps
-            if evaluate and train.eval_batches:
-                last_val = self._evaluate(wrapped, corpus, autocast)
-                record = record or {"step": step, "tokens": step * plan.batch_tokens}
-                record["val_loss"] = last_val
-            if record is not None and sinks is not None:
-                sinks.write(record)
-            if progress is not None:
-                progress.update(1)
-                if record is not None:
-                    shown = {"loss": f"{lm_loss:.3f}"}
-                    if "tokens_per_s" in record:
-                        shown["tok/s"] = f"{record['tokens_per_s']:.3g}"
-                    if last_val is not None:
-                        shown["val"] = f"{last_val:.3f}"
-                    progress.set_postfix(shown, refresh=False)
-            interrupted = dist.any(stop.signal is not None) or step == self.stop_after
-            counters = {
-                "wall_time_s": time.perf_counter() - run_start,
-                "val_loss": last_val,
-                "train_loss": sum(recent) / len(recent),
-            }
+            result = self._train_step(run, step)
+            record = self._record(run, step, result, clock)
+            if (train.eval_every and step % train.eval_every == 0) or step == plan.steps:
+                record = self._evaluate(run, step, record)
+            run.counters.wall_time_s = clock.elapsed()
+            self._write(run, step, record, result)
+            interrupted = self.dist.any(stop.signal is not None) or step == self.stop_after
             due = train.checkpoint_every and step % train.checkpoint_every == 0
             if due or interrupted or step == plan.steps:
-                self._save(step, model, optimizer, scheduler, loader, counters)
+                self._checkpoint(run, step)
+            else:
+                run.checkpointer.poll()
             if interrupted and step < plan.steps:
-                if progress is not None:
-                    progress.close()
-                self.log(
-                    f"\nstopped at step {step}/{plan.steps}; checkpoint saved in "
-                    f"{self.checkpoint_dir}. Continue with the same command (--resume auto)."
-                )
-                return RunResult("interrupted", self.out_dir, None, 130 if stop.signal else 0)
-        if progress is not None:
-            progress.close()
-        summary = self._summary(plan, counters, model)
-        if dist.is_main:
+                return self._stopped(run, step, stop)
+        return self._finish(run)
+
+    def _train_step(self, run: _Run, step: int) -> _Step:
+        """Forward and backward over the micro-batches, clip, step. Raises on a non-finite
+        loss before the weights are touched."""
+        train = run.config.train
+        inputs, targets = next(run.loader)
+        watch = train.monitor_every and (step % train.monitor_every == 0 or step == 1)
+        with monitor.collect(run.model) if watch else contextlib.nullcontext() as stats:
+            lm_sum = aux_sum = 0.0
+            micro = list(zip(inputs.chunk(train.grad_accum), targets.chunk(train.grad_accum)))
+            for index, (x, y) in enumerate(micro):
+                with self._gradient_sync(run, last=index == len(micro) - 1), run.autocast():
+                    out = run.module(x, y)
+                (out.loss / train.grad_accum).backward()
+                lm_sum += out.lm_loss.detach().float() / train.grad_accum
+                aux_sum += out.aux_loss.detach().float() / train.grad_accum
+        totals = self.dist.sum([float(lm_sum), float(aux_sum)])  # one device sync per step
+        lm_loss, aux_loss = (value / self.dist.world_size for value in totals)
+        if not math.isfinite(lm_loss + aux_loss):
+            raise self._diverged(run, step, lm_loss + aux_loss)
+        clip = run.config.optim.grad_clip or math.inf  # 0 disables clipping
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        lr = run.optimizer.param_groups[0]["lr"]
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scheduler.step()
+        run.counters.record_loss(lm_loss)
+        indicators = stats.summary() if watch else None
+        return _Step(lm_loss, aux_loss, float(grad_norm), lr, indicators)
+
+    @staticmethod
+    def _gradient_sync(run: _Run, last: bool):
+        """Reduce gradients only after the last micro-batch (DDP's no_sync, FSDP2's flag)."""
+        if hasattr(run.model, "set_requires_gradient_sync"):
+            run.model.set_requires_gradient_sync(last)
+            return contextlib.nullcontext()
+        no_sync = getattr(run.module, "no_sync", None)
+        return no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
+
+    def _diverged(self, run: _Run, step: int, loss: float) -> TrainingDiverged:
+        saved = run.checkpointer.latest()
+        where = f"step {saved[0]} ({saved[1]})" if saved else "none saved yet"
+        return TrainingDiverged(
+            f"the loss became {loss} at step {step}; the run stopped before updating the weights. "
+            f"Last good checkpoint: {where}. Lower the learning rate (optim.base_lr or optim.lr) "
+            "or check the data, then start a new run."
+        )
+
+    def _record(self, run: _Run, step: int, result: _Step, clock: _Clock) -> dict | None:
+        """The metrics record of a logged step (else None)."""
+        plan = run.plan
+        clock.tokens += plan.batch_tokens
+        if not (self._log_step(run, step) or result.indicators):
+            return None
+        tokens_per_s = clock.throughput()
+        record = {
+            "step": step,
+            "tokens": step * plan.batch_tokens,
+            "loss": result.lm_loss + result.aux_loss,
+            "lm_loss": result.lm_loss,
+            "aux_loss": result.aux_loss,
+            "lr": result.lr,
+            "grad_norm": result.grad_norm,
+            "tokens_per_s": tokens_per_s,
+            "elapsed_s": clock.elapsed(),
+        }
+        if run.peak_flops:
+            achieved = plan.flops_per_token * tokens_per_s
+            record["mfu"] = achieved / (run.peak_flops * self.dist.world_size)
+        record.update(result.indicators or {})
+        return record
+
+    @staticmethod
+    def _log_step(run: _Run, step: int) -> bool:
+        return step % run.config.train.log_every == 0 or step in (1, run.plan.steps)
+
+    def _write(self, run: _Run, step: int, record: dict | None, result: _Step) -> None:
+        if record is not None and run.sinks is not None:
+            run.sinks.write(record)
+        line = record if self._log_step(run, step) else None
+        run.log.step(step, line, result.lm_loss, run.counters.val_loss)
+
+    def _evaluate(self, run: _Run, step: int, record: dict | None) -> dict | None:
+        """Mean validation loss per token; identical for any number of processes."""
+        train, dist = run.config.train, self.dist
+        if not train.eval_batches:
+            return record
+        shape = dict(batch_size=train.batch_size, context=train.seq_len, device=dist.device)
+        batches = list(
+            validation_batches(
+                run.corpus.val,
+                max_batches=train.eval_batches,
+                rank=dist.rank,
+                world_size=dist.world_size,
+                **shape,
+            )
+        )
+        total_batches = int(dist.sum([len(batches)])[0])
+        rounds = math.ceil(total_batches / dist.world_size) if dist.enabled else len(batches)
+        # Sharded models need every rank in every forward: a rank with fewer batches runs a
+        # batch again and ignores the result.
+        spare = (
+            batches[0]
+            if batches
+            else next(validation_batches(run.corpus.val, max_batches=1, **shape))
+        )
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
+        count = 0
+        run.module.eval()
+        with torch.no_grad():
+            for index in range(rounds):
+                real = index < len(batches)
+                inputs, targets = batches[index] if real else spare
+                with run.autocast():
+                    logits = run.module(inputs).logits
+                if real:
+                    loss = nn.functional.cross_entropy(
+                        logits.float().flatten(0, 1), targets.flatten(), reduction="sum"
+                    )
+                    loss_sum += loss.double()
+                    count += targets.numel()
+        run.module.train()
+        total, tokens = dist.sum([loss_sum.item(), float(count)])
+        run.counters.val_loss = total / tokens
+        return {**(record or {"step": step, "tokens": step * run.plan.batch_tokens}),
+                "val_loss": run.counters.val_loss}  # fmt: skip
+
+    def _checkpoint(self, run: _Run, step: int) -> None:
+        try:
+            run.checkpointer.save(step)
+        except (Exception, CheckpointException) as error:
+            saved = run.checkpointer.latest()
+            kept = f"step {saved[0]} in {saved[1]} is intact" if saved else "none was saved before"
+            raise CheckpointError(
+                f"could not write the checkpoint of step {step} ({_reason(error)}); the previous "
+                f"checkpoint ({kept}). Free space or fix permissions under {self.checkpoint_dir}, "
+                "then rerun the same command to resume."
+            ) from error
+
+    def _stopped(self, run: _Run, step: int, stop: _StopFlag) -> RunResult:
+        run.checkpointer.wait()
+        run.log.info(
+            f"stopped at step {step}/{run.plan.steps}; checkpoint saved in {self.checkpoint_dir}. "
+            "Continue with the same command (--resume auto)."
+        )
+        return RunResult("interrupted", self.out_dir, None, 130 if stop.signal else 0)
+
+    def _finish(self, run: _Run) -> RunResult:
+        run.checkpointer.wait()
+        summary = self._summary(run)
+        if self.dist.is_main:
             atomic_write_json(self.out_dir / "summary.json", summary)
             val = summary["val_loss"]
-            self.log(
+            run.log.info(
                 f"finished: train loss {summary['train_loss']:.4f}, val loss "
                 f"{'-' if val is None else format(val, '.4f')}, "
                 f"{summary['tokens_per_s']:.0f} tokens/s; {self.out_dir / 'summary.json'}"
             )
         return RunResult("finished", self.out_dir, summary, 0)
 
-    def _save(self, step, model, optimizer, scheduler, loader, counters) -> None:
-        state = full_model_state(model)  # a collective under FSDP: every rank takes part
-        if self.dist.is_main:
-            save_checkpoint(
-                self.checkpoint_dir,
-                step,
-                {
-                    "step": step,
-                    "model": state,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "loader": loader.state_dict(),
-                    "rng": _rng_state(),
-                    "counters": counters,
-                    "config": self.config.to_dict(),
-                },
-                keep=self.config.train.keep_checkpoints,
-            )
-        self.dist.barrier()
-
-    def _summary(self, plan: RunPlan, counters, model) -> dict[str, Any]:
-        config = self.config
-        wall = counters["wall_time_s"]
+    def _summary(self, run: _Run) -> dict[str, Any]:
+        config, plan, counters = run.config, run.plan, run.counters
+        wall = counters.wall_time_s
         return {
             "name": self.out_dir.name,
             "status": "finished",
@@ -552,12 +599,12 @@ class Trainer:
             "lr": plan.lr,
             "base_lr": config.optim.base_lr if config.optim.lr is None else None,
             "final_lr": plan.final_lr,
-            "train_loss": counters["train_loss"],
-            "val_loss": counters["val_loss"],
+            "train_loss": counters.train_loss,
+            "val_loss": counters.val_loss,
             "tokens": plan.tokens,
             "flops": plan.flops,
             "params": plan.params,
-            "params_total": sum(p.numel() for p in model.parameters()),
+            "params_total": config.model.num_params(),
             "depth": config.model.depth,
             "width": config.model.width,
             "batch_tokens": plan.batch_tokens,
@@ -567,8 +614,34 @@ class Trainer:
             "processes": self.dist.world_size,
             "wall_time_s": wall,
             "tokens_per_s": plan.tokens / wall if wall > 0 else None,
+            "corpus": _corpus_summary(run.corpus),
             "config": config.to_dict(),
         }
+
+
+class _Clock:
+    """Wall time of the run (across resumes) and throughput since the last logged step."""
+
+    def __init__(self, already_s: float) -> None:
+        self.start = time.perf_counter() - already_s
+        self.interval_start = time.perf_counter()
+        self.tokens = 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def throughput(self) -> float:
+        now = time.perf_counter()
+        rate = self.tokens / max(now - self.interval_start, 1e-9)
+        self.interval_start, self.tokens = now, 0
+        return rate
+
+
+def _reason(error: BaseException) -> str:
+    """The root cause of a (possibly wrapped) error, in one line."""
+    cause = root_cause(error)
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0]}" if text else type(cause).__name__
 
 
 def train(
@@ -596,8 +669,9 @@ def train(
     except Exception as error:
         # A failed run leaves its reason beside its files (sweeps report it); no summary.json.
         if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / "error.txt", "".join(traceback.format_exception(error)))
+            with contextlib.suppress(OSError):
+                out.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(out / "error.txt", "".join(traceback.format_exception(error)))
         raise
     finally:
         dist.close()

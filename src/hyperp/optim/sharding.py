@@ -1,0 +1,379 @@
+"""Whole-matrix work of MuonH and Muon, split across data-parallel ranks (METHOD.md 4.1).
+
+Elementwise work (momentum, Adam moments, the sphere step's scaling) runs on each rank's own rows
+of every parameter. Newton-Schulz needs whole matrices, so every matrix -- a 2-D parameter, or one
+slice of an expert bank -- has one owner rank. The owner receives the rows the other ranks hold,
+orthogonalizes all its matrices (same shapes batched), and sends each rank its rows of the result.
+Per-matrix norms that the sphere step needs are sums of per-rank partial sums: one small
+all-reduce.
+
+The ranks form a grid of ``replicas x shards``. FSDP2 shards every parameter's dim 0 over the
+shard group (a 1-D mesh); DDP replicates parameters over the replica group; HSDP does both (a 2-D
+mesh). Owners are spread over the whole grid by a greedy balance of Newton-Schulz FLOPs that
+depends on shapes alone, so every rank computes the same plan without talking. A bank slice lives
+whole on one shard (FSDP2 shards dim 0, the expert dimension), so its owner is one of the replicas
+of that shard and its rows never travel within a replica.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+__all__ = ["Grid", "MatrixLayout", "StepStats", "WorkPlan", "grid_of", "local", "ns_flops"]
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor: the local shard of a DTensor (a view), else the tensor."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+@dataclass(frozen=True)
+class Grid:
+    """This rank's place among the ranks that hold one parameter: ``replicas x shards``."""
+
+    shard_group: dist.ProcessGroup | None = None
+    shard_size: int = 1
+    shard_rank: int = 0
+    replica_group: dist.ProcessGroup | None = None
+    replica_size: int = 1
+    replica_rank: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.shard_size * self.replica_size
+
+    @property
+    def rank(self) -> int:
+        """Position in the grid: ``replica * shard_size + shard`` (an owner index)."""
+        return self.replica_rank * self.shard_size + self.shard_rank
+
+
+def grid_of(param: torch.Tensor, replicate_group: dist.ProcessGroup | None) -> Grid:
+    """The grid of a parameter: from a DTensor's mesh and placements (FSDP2, HSDP), or, for a
+    plain tensor, replicated over ``replicate_group`` (DDP) or held by this rank alone."""
+    if not isinstance(param, DTensor):
+        if replicate_group is None:
+            return Grid()
+        return Grid(
+            replica_group=replicate_group,
+            replica_size=dist.get_world_size(replicate_group),
+            replica_rank=dist.get_rank(replicate_group),
+        )
+    mesh, values = param.device_mesh, {}
+    for dim, placement in enumerate(param.placements):
+        if placement.is_shard() and placement.dim == 0 and "shard" not in values:
+            kind = "shard"
+        elif placement.is_replicate() and "replica" not in values:
+            kind = "replica"
+        else:
+            raise ValueError(
+                f"hyperp optimizers support parameters sharded on dim 0 (FSDP2) and/or replicated "
+                f"(HSDP); got placements {param.placements}. Shard with fully_shard's default "
+                "placement."
+            )
+        values[kind] = (mesh.get_group(dim), mesh.size(dim), mesh.get_local_rank(dim))
+    shard = values.get("shard", (None, 1, 0))
+    replica = values.get("replica", (None, 1, 0))
+    return Grid(*shard, *replica)
+
+
+def ns_flops(rows: int, cols: int, steps: int) -> float:
+    """Multiply-add FLOPs of Newton-Schulz on one matrix (wide orientation ``m <= n``): per step
+    ``A = X Xᵀ`` (2m²n), ``A·A`` (2m³) and ``(bA + cA²)·X`` (2m²n)."""
+    m, n = min(rows, cols), max(rows, cols)
+    return steps * (4.0 * m * m * n + 2.0 * m**3)
+
+
+@dataclass(frozen=True)
+class MatrixLayout:
+    """How one parameter reads as ``count`` matrices of ``rows x cols``, and who holds what.
+
+    ``split``: a single matrix (a 2-D parameter, or a flattened kernel) whose rows are spread over
+    the shard group. Otherwise a bank: dim 0 indexes slices, ``per_row`` slices per index of
+    dim 0, and every slice lives whole on one shard. ``row_ranges[s]`` is shard ``s``'s range of
+    dim 0, as FSDP2 (``torch.chunk``) splits it.
+    """
+
+    count: int
+    rows: int
+    cols: int
+    split: bool
+    per_row: int
+    row_ranges: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, shape: Sequence[int], layout: str, shard_size: int) -> MatrixLayout:
+        length = shape[0]
+        chunk = math.ceil(length / shard_size) if length else 0
+        ranges = tuple(
+            (min(length, s * chunk), min(length, (s + 1) * chunk)) for s in range(shard_size)
+        )
+        if layout == "flatten" or len(shape) == 2:
+            return cls(1, shape[0], math.prod(shape[1:]), True, 0, ranges)
+        count = math.prod(shape[:-2])
+        return cls(count, shape[-2], shape[-1], False, count // length, ranges)
+
+    def slices_on(self, shard: int) -> tuple[int, int]:
+        """Global range of the slices shard ``shard`` holds (the one matrix, for ``split``)."""
+        if self.split:
+            return (0, 1)
+        start, end = self.row_ranges[shard]
+        return (start * self.per_row, end * self.per_row)
+
+    def rows_on(self, shard: int) -> int:
+        """Rows of the (split) matrix that shard ``shard`` holds."""
+        start, end = self.row_ranges[shard]
+        return end - start
+
+    def holder(self, index: int) -> int:
+        """The shard holding bank slice ``index``."""
+        row = index // self.per_row
+        return next(s for s, (start, end) in enumerate(self.row_ranges) if start <= row < end)
+
+    def view(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``(local slices, local rows, cols)`` view of this rank's part of the parameter."""
+        # view, not reshape: in-place updates must land in the parameter (never in a copy).
+        if self.split:
+            return tensor.view(1, tensor.shape[0], self.cols)
+        return tensor.view(tensor.numel() // (self.rows * self.cols), self.rows, self.cols)
+
+
+@dataclass
+class StepStats:
+    """What one optimizer step did on this rank (for tests and benchmarks)."""
+
+    orthogonalized: list[tuple[int, int, int]] = field(default_factory=list)  # group, param, slice
+    ns_flops: float = 0.0
+    sent_bytes: int = 0
+    received_bytes: int = 0
+
+
+Unit = tuple[int, int]  # (parameter index in the group, slice index)
+
+
+class WorkPlan:
+    """Who orthogonalizes which matrix of one param group, and where every piece travels.
+
+    Built from shapes alone: identical on every rank. Greedy longest-processing-time balance of
+    Newton-Schulz FLOPs; a bank slice may only go to a replica of the shard that holds it.
+    """
+
+    def __init__(self, layouts: list[MatrixLayout], grid: Grid, ns_steps: int) -> None:
+        self.layouts, self.grid, self.ns_steps = layouts, grid, ns_steps
+        units = [(i, j) for i, layout in enumerate(layouts) for j in range(layout.count)]
+        cost = {u: ns_flops(layouts[u[0]].rows, layouts[u[0]].cols, ns_steps) for u in units}
+        load = [0.0] * grid.size
+        self.owner: dict[Unit, int] = {}
+        for unit in sorted(units, key=lambda u: (-cost[u], u)):
+            layout = layouts[unit[0]]
+            if layout.split:
+                candidates = range(grid.size)
+            else:
+                shard = layout.holder(unit[1])
+                candidates = [r * grid.shard_size + shard for r in range(grid.replica_size)]
+            best = min(candidates, key=lambda owner: (load[owner], owner))
+            self.owner[unit] = best
+            load[best] += cost[unit]
+        self.load = load
+        self.units = sorted(units)
+        self.split_units = [u for u in self.units if layouts[u[0]].split]
+        self.mine = [u for u in self.units if self.owner[u] == grid.rank]
+
+    def replica_of(self, unit: Unit) -> int:
+        return self.owner[unit] // self.grid.shard_size
+
+    def shard_of(self, unit: Unit) -> int:
+        return self.owner[unit] % self.grid.shard_size
+
+    def held_here(self, unit: Unit, replica: int) -> bool:
+        """Whether ``unit`` has rows on this rank's shard and is owned by ``replica``."""
+        layout = self.layouts[unit[0]]
+        if self.replica_of(unit) != replica:
+            return False
+        return layout.split or self.shard_of(unit) == self.grid.shard_rank
+
+    def size_here(self, unit: Unit) -> int:
+        """Elements of ``unit`` on this rank's shard."""
+        layout = self.layouts[unit[0]]
+        rows = layout.rows_on(self.grid.shard_rank) if layout.split else layout.rows
+        return rows * layout.cols
+
+
+def _piece(views: list[torch.Tensor], plan: WorkPlan, unit: Unit) -> torch.Tensor:
+    """This rank's part of ``unit`` from the parameters' local ``(slices, rows, cols)`` views."""
+    index, slice_index = unit
+    layout = plan.layouts[index]
+    first = layout.slices_on(plan.grid.shard_rank)[0]
+    return views[index][slice_index - first]
+
+
+def _all_to_all(
+    send: list[list[torch.Tensor]],
+    receive_sizes: list[list[int]],
+    grid: Grid,
+    like: torch.Tensor,
+    stats: StepStats,
+) -> list[list[torch.Tensor]]:
+    """Send ``send[d]`` (flat pieces) to shard ``d``; return the flat pieces from each shard."""
+    flat = [p.reshape(-1).to(like.dtype) for pieces in send for p in pieces]
+    send_buffer = torch.cat(flat) if flat else like.new_empty(0)
+    in_splits = [sum(p.numel() for p in pieces) for pieces in send]
+    out_splits = [sum(sizes) for sizes in receive_sizes]
+    receive = like.new_empty(sum(out_splits))
+    dist.all_to_all_single(receive, send_buffer, out_splits, in_splits, group=grid.shard_group)
+    me, size = grid.shard_rank, like.element_size()  # what stays on this rank is not traffic
+    stats.sent_bytes += (sum(in_splits) - in_splits[me]) * size
+    stats.received_bytes += (sum(out_splits) - out_splits[me]) * size
+    out, offset = [], 0
+    for sizes in receive_sizes:
+        pieces = []
+        for size in sizes:
+            pieces.append(receive[offset : offset + size])
+            offset += size
+        out.append(pieces)
+    return out
+
+
+def _gather_split_matrices(plan: WorkPlan, views, like, stats) -> dict[Unit, torch.Tensor]:
+    """Whole matrices of the split units this rank owns, assembled from every shard's rows."""
+    grid = plan.grid
+    mine = [u for u in plan.split_units if plan.owner[u] == grid.rank]
+    if grid.shard_size == 1:
+        return {u: _piece(views, plan, u) for u in mine}
+    ours = [u for u in plan.split_units if plan.replica_of(u) == grid.replica_rank]
+    send = [
+        [_piece(views, plan, u) for u in ours if plan.shard_of(u) == d]
+        for d in range(grid.shard_size)
+    ]
+    sizes = [
+        [plan.layouts[u[0]].rows_on(s) * plan.layouts[u[0]].cols for u in mine]
+        for s in range(grid.shard_size)
+    ]
+    received = _all_to_all(send, sizes, grid, like, stats)
+    whole = {}
+    for k, unit in enumerate(mine):
+        layout = plan.layouts[unit[0]]
+        rows = [received[s][k].view(layout.rows_on(s), layout.cols) for s in range(grid.shard_size)]
+        whole[unit] = torch.cat(rows)
+    return whole
+
+
+def _scatter_split_results(plan: WorkPlan, results, like, stats) -> dict[Unit, torch.Tensor]:
+    """Each rank's rows of the orthogonalized split units its replica owns."""
+    grid = plan.grid
+    mine = [u for u in plan.split_units if plan.owner[u] == grid.rank]
+    if grid.shard_size == 1:
+        return {u: results[u] for u in mine}
+    send = []
+    for d in range(grid.shard_size):
+        pieces = []
+        for unit in mine:
+            start, end = plan.layouts[unit[0]].row_ranges[d]
+            pieces.append(results[unit][start:end])
+        send.append(pieces)
+    ours = [u for u in plan.split_units if plan.replica_of(u) == grid.replica_rank]
+    by_shard = [[u for u in ours if plan.shard_of(u) == s] for s in range(grid.shard_size)]
+    sizes = [[plan.size_here(u) for u in units] for units in by_shard]
+    received = _all_to_all(send, sizes, grid, like, stats)
+    return {
+        u: piece for units, pieces in zip(by_shard, received) for u, piece in zip(units, pieces)
+    }
+
+
+def _exchange_replicas(plan: WorkPlan, results, like, stats) -> dict[Unit, torch.Tensor]:
+    """Results of the units other replicas own, for this rank's shard (an all-gather)."""
+    grid = plan.grid
+    if grid.replica_size == 1:
+        return results
+    owned = [[u for u in plan.units if plan.held_here(u, r)] for r in range(grid.replica_size)]
+    lengths = [sum(plan.size_here(u) for u in units) for units in owned]
+    width = max(lengths)
+    mine = [results[u].reshape(-1).to(like.dtype) for u in owned[grid.replica_rank]]
+    buffer = like.new_zeros(width)
+    if mine:
+        torch.cat(mine, out=buffer[: lengths[grid.replica_rank]])
+    gathered = like.new_empty(width * grid.replica_size)
+    dist.all_gather_single(gathered, buffer, group=grid.replica_group)
+    others = grid.replica_size - 1  # this rank's results reach each other replica once
+    stats.sent_bytes += others * lengths[grid.replica_rank] * buffer.element_size()
+    stats.received_bytes += (sum(lengths) - lengths[grid.replica_rank]) * buffer.element_size()
+    out = dict(results)
+    for replica, units in enumerate(owned):
+        offset = replica * width
+        for unit in units:
+            size = plan.size_here(unit)
+            out[unit] = gathered[offset : offset + size]
+            offset += size
+    return out
+
+
+def orthogonalize(
+    plan: WorkPlan,
+    updates: list[torch.Tensor],
+    newton_schulz: Callable[[torch.Tensor], torch.Tensor],
+    stats: StepStats,
+    group_index: int = 0,
+) -> list[torch.Tensor]:
+    """Newton-Schulz of every matrix of ``updates`` (this rank's parts), done by the owners.
+
+    Returns, for each parameter, the orthogonalized update restricted to this rank's part, in the
+    shape of that part.
+    """
+    views = [layout.view(u) for layout, u in zip(plan.layouts, updates)]
+    like = updates[0]
+    whole = _gather_split_matrices(plan, views, like, stats)
+    for unit in plan.mine:
+        if not plan.layouts[unit[0]].split:
+            whole[unit] = _piece(views, plan, unit)
+    results: dict[Unit, torch.Tensor] = {}
+    by_shape: dict[tuple[int, int], list[Unit]] = defaultdict(list)
+    for unit in plan.mine:
+        by_shape[tuple(whole[unit].shape)].append(unit)
+    for shape, units in by_shape.items():
+        stacked = torch.stack([whole[u] for u in units])
+        for unit, result in zip(units, newton_schulz(stacked).unbind(0)):
+            results[unit] = result
+        stats.ns_flops += len(units) * ns_flops(*shape, plan.ns_steps)
+        stats.orthogonalized += [(group_index, *u) for u in units]
+    results.update(_scatter_split_results(plan, results, like, stats))
+    results = _exchange_replicas(plan, results, like, stats)
+    outputs = []
+    for index, (layout, update) in enumerate(zip(plan.layouts, updates)):
+        out = torch.empty_like(update)
+        out_view = layout.view(out)
+        first, last = layout.slices_on(plan.grid.shard_rank)
+        for slice_index in range(first, last):
+            out_view[slice_index - first].copy_(results[(index, slice_index)].view_as(out_view[0]))
+        outputs.append(out)
+    return outputs
+
+
+def reduce_slice_norms(
+    layouts: list[MatrixLayout],
+    grid: Grid,
+    tensors: list[torch.Tensor],
+    stats: StepStats | None = None,
+) -> list[torch.Tensor]:
+    """Frobenius norm of every matrix (all ``count`` slices of each parameter, in fp32), from
+    this rank's parts: partial sums of squares, summed over the shard group."""
+    partials = []
+    for layout, tensor in zip(layouts, tensors):
+        squares = layout.view(tensor).float().square().sum(dim=(-2, -1))
+        full = squares.new_zeros(layout.count)
+        first, last = layout.slices_on(grid.shard_rank)
+        full[first:last] = squares
+        partials.append(full)
+    flat = torch.cat(partials)
+    if grid.shard_size > 1:
+        dist.all_reduce(flat, group=grid.shard_group)
+        if stats is not None:
+            stats.sent_bytes += flat.numel() * flat.element_size()
+            stats.received_bytes += flat.numel() * flat.element_size()
+    return list(flat.sqrt().split([layout.count for layout in layouts]))
