@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hyperp.fileio import atomic_write_text
 from hyperp.reproduce.catalogue import CLAIMS, STUDIES, THRESHOLDS, study
 from hyperp.reproduce.measures import ANALYZERS
@@ -114,7 +116,8 @@ class ReproduceOptions:
         )
 
     def base_command(self) -> list[str]:
-        """The command without ``--only``: the one that regenerates every section."""
+        """The command without ``--only`` or ``--report-only``: the one that regenerates (and,
+        where runs are missing, trains) every section."""
         words = shlex.split(self.command) if self.command else ["hyperp", "reproduce"]
         kept, in_only = [], False
         for word in words:
@@ -124,7 +127,8 @@ class ReproduceOptions:
             if in_only and not word.startswith("-"):
                 continue
             in_only = False
-            kept.append(word)
+            if word != "--report-only":
+                kept.append(word)
         if not any(word in kept for word in ("--smoke", "--quick", "--full")):
             kept.append(f"--{self.size}")
         return kept
@@ -191,7 +195,10 @@ def reproduce(options: ReproduceOptions) -> Path:
     records = []
     base = options.base_command()
     for index, name in enumerate(selected):
-        result = ANALYZERS[name](runner, figures, BOOTSTRAP_SEED + 1000 * index)
+        # A replicate without an optimum may overflow exp(): it is an undefined replicate,
+        # which percentile_interval counts.
+        with np.errstate(over="ignore"):
+            result = ANALYZERS[name](runner, figures, BOOTSTRAP_SEED + 1000 * index)
         records += result.records
         command = shlex.join([*base, "--only", name])
         fresh[name] = study_entry(result, command, report.parent, bootstrap)

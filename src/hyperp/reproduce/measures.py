@@ -228,13 +228,9 @@ def drift(
     if not math.isfinite(slope):
         return math.nan, reps, math.nan, reps, note or "fewer than 2 usable optima"
     span = math.log(high / low)
-    return (
-        math.exp((slope - predicted) * span),
-        np.exp((reps - predicted) * span),
-        slope,
-        reps,
-        note,
-    )
+    with np.errstate(over="ignore"):  # a replicate without a minimum can run off to infinity
+        samples = np.exp((reps - predicted) * span)
+    return math.exp((slope - predicted) * span), samples, slope, reps, note
 
 
 def curve_rows(
@@ -249,7 +245,8 @@ def curve_rows(
             if fit is None:
                 rows.append([variant, scale_of(curve), None, None, None, None, None, sample.error])
                 continue
-            interval = stored(_interval(np.exp(sample.log_lr))) if fit.usable else None
+            with np.errstate(over="ignore"):
+                interval = stored(_interval(np.exp(sample.log_lr))) if fit.usable else None
             best = int(np.searchsorted(sweep.lrs, fit.best_lr))
             finite = np.isfinite(sweep.means)
             below, above = int(finite[:best].sum()), int(finite[best + 1 :].sum())
@@ -816,12 +813,12 @@ def analyze_compute(runner: Runner, figures: Path, seed: int) -> StudyResult:
     for arm in item.arms:
         for curve in runner.curves(arm, item.lr_key):
             tables.append((curve, runner.table(curve)))
-            if curve.lrs:
-                result.notes.append(
-                    f"{curve.variant} at depth {curve.value('model.depth')}: base LRs "
-                    + ", ".join(f"{v:.4g}" for v in curve.lrs)
-                )
     _collect(result, tables)
+    result.notes += [
+        f"{arm.label}: base LR {runner.lr_sources[arm.stem]}"
+        for arm in item.arms
+        if arm.stem in runner.lr_sources
+    ]
     inside = regime(result.records)["inside"]
     primary, muon = HYPERP_HEADS[PRIMARY_HEAD], "Muon"
     cells = compute_cells(runner, lambda r: r.get("val_loss"), seed)

@@ -74,6 +74,21 @@ def _claim_rows(claims: Sequence[dict[str, Any]], with_study: dict[str, str] | N
     return rows
 
 
+def _regime_row(entry: dict[str, Any]) -> list[Any]:
+    regime = entry["regime"]
+    if not regime.get("runs"):
+        return [entry["title"], 0, "-", "-", "-", "-"]
+    params, ratio, steps = regime["params"], regime["tokens_per_param"], regime["steps"]
+    return [
+        entry["title"],
+        regime["runs"],
+        f"{params[0] / 1e6:.3g}-{params[1] / 1e6:.3g}",
+        f"{ratio[0]:.2g}-{ratio[2]:.2g} ({ratio[1]:.2g})",
+        f"{steps[0]:,}-{steps[2]:,} ({steps[1]:,})",
+        "inside" if regime["inside"] else "outside",
+    ]
+
+
 def _regime_text(regime: dict[str, Any]) -> str:
     if not regime.get("runs"):
         return "no finished runs"
@@ -184,7 +199,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "two LRs on each side of the best one, so diverged and far-off points do not bend it. "
         "An optimum outside the LRs fitted, or whose fit is unreliable (its minimum lies below "
         "every observed loss by more than the grid spacing and the noise allow, or the parabola "
-        "explains less than 75% of its window's variation), is shown but enters no trend.",
+        "misses the best point by more than the loss changes beside it), is shown but enters no "
+        "trend.",
         "",
         *_table(
             ["threshold", "value", "meaning"],
@@ -203,9 +219,23 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
     ]
     lines += _table(
-        ["study", "regime"],
-        [[entry["title"], _regime_text(entry["regime"])] for entry in studies.values()],
+        [
+            "study",
+            "runs",
+            "parameters (M)",
+            "tokens / parameter (median)",
+            "steps (median)",
+            "paper's regime",
+        ],
+        [_regime_row(entry) for entry in studies.values()],
     )
+    paper = next(iter(studies.values()))["regime"]["paper"] if studies else None
+    if paper:
+        lines += [
+            "",
+            f"The paper: {paper['params']} parameters, {paper['tokens_per_param']} tokens per "
+            f"parameter, {paper['steps']} steps.",
+        ]
     lines.append("")
     for index, (name, entry) in enumerate(studies.items(), start=1):
         lines += _study_section(index, name, entry)

@@ -185,6 +185,7 @@ class Runner:
         self.log = log
         self._done: set[Path] = set()
         self._vocab: dict[tuple, int] = {}
+        self.lr_sources: dict[str, str] = {}  # compute arm -> where its base LR came from
         self._decay: tuple[float | None, str] | None = None
 
     # -- sweep files ------------------------------------------------------------------------
@@ -335,7 +336,14 @@ class Runner:
             fit = fit_lr_optimum(table.sweep.lrs, table.sweep.means, bootstrap=0)
         except ValueError as error:
             return None, f"{source.stem} at width {base_width}: {error}"
-        return (fit.lr if fit.usable else fit.best_lr), ""
+        where = f"{source.stem}/{curve.directory.name}"
+        if fit.usable:
+            self.lr_sources[arm.stem] = f"{fit.lr:.4g}, the fitted optimum of {where}"
+            return fit.lr, ""
+        self.lr_sources[arm.stem] = (
+            f"{fit.best_lr:.4g}, the best observed LR of {where} (its fit is not usable)"
+        )
+        return fit.best_lr, ""
 
     # -- running ----------------------------------------------------------------------------
 
