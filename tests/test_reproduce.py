@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 import sysconfig
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ import pytest
 from hyperp.cli import UserError
 from hyperp.cli.reproduce import _settings
 from hyperp.data import prepare
-from hyperp.model import ModelConfig
+from hyperp.model import ModelConfig, Transformer
+from hyperp.optim import build_optimizer
 from hyperp.reproduce import STUDIES, ReproduceOptions, check_corpus
 from hyperp.reproduce.report import render_markdown
 from hyperp.reproduce.results import merge_results
@@ -100,6 +102,12 @@ def test_baselines_are_the_papers():
         {"optim.method": "adamw", "optim.base_width": 32, "model.width": 128},
     )
     assert adamw.resolve(1024).plan().width_ratio == pytest.approx(0.25)
+    model = Transformer(replace(ModelConfig(depth=1, width=32, head_dim=16), vocab_size=64))
+    groups = {
+        g["role"]: g["lr"]
+        for g in build_optimizer(model, "adamw", 0.01, width_ratio=0.25).param_groups
+    }
+    assert groups["matrix"] == pytest.approx(0.0025) and groups["head"] == pytest.approx(0.01)
     runner = runner_for("quick", Path("/nonexistent"))
     spec = runner.arm_spec("width_adamw")
     assert spec.settings["optim.warmup_steps"] > 0 and spec.settings["optim.base_width"] == 32
