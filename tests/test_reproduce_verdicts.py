@@ -17,7 +17,12 @@ import pytest
 
 from hyperp.reproduce import judge
 from hyperp.reproduce.catalogue import CLAIMS, Region, study
-from hyperp.reproduce.measures import analyze_compute, analyze_tokens, analyze_width
+from hyperp.reproduce.measures import (
+    analyze_compute,
+    analyze_tokens,
+    analyze_weight_decay,
+    analyze_width,
+)
 from hyperp.reproduce.runner import Runner
 from hyperp.sweep import run_name
 
@@ -243,3 +248,27 @@ def test_leverage_is_not_resolved_when_noise_swamps_it(tmp_path):
     low, high = claims["leverage_transferred"]["interval"]
     assert claims["leverage_transferred"]["verdict"]["outcome"] == "not resolved"
     assert low < 1.0 < high
+
+
+# --- The MuonH decay check: paired run by run ---------------------------------------------
+
+
+@pytest.mark.parametrize(("shift", "outcome"), [(0.001, "holds"), (0.06, "contradicted")])
+def test_decay_check_pairs_runs_at_the_same_lr_and_seed(tmp_path, shift, outcome):
+    runner = make_runner(tmp_path / "runs")
+    item = study("weight_decay")
+    rng = np.random.default_rng(4)
+    noise = {}  # the same seed and LR give the same run, up to what decay changes
+    for curve in runner.curves(item.arms[0], item.lr_key):
+        decayed = curve.values["optim.weight_decay"] > 0
+        for lr in curve.lrs:
+            for seed in curve.seeds:
+                base = noise.setdefault((lr, seed), rng.normal(0, 0.03))
+                loss = 4.0 + 0.2 * math.log(lr / 0.08) ** 2 + base
+                loss += (shift if decayed else 0.0) + rng.normal(0, 0.002)
+                write_run(curve, runner, lr, seed, loss, in_regime=False)
+    result = analyze_weight_decay(runner, tmp_path / "figures", seed=0)
+    claim = claim_of(result, "decay_sphere")
+    assert claim["estimate"] == pytest.approx(shift, abs=0.005)
+    assert claim["verdict"]["outcome"] == outcome
+    assert claim["verdict"]["inside_regime"]  # a property of the code: no regime qualifier

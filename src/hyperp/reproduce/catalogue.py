@@ -364,7 +364,8 @@ CLAIMS: tuple[Claim, ...] = (
         "decay_sphere",
         "2 (decay on the sphere: code check)",
         "Weight decay is a no-op for MuonH",
-        "optimal loss at the largest decay minus at no decay, MuonH",
+        "loss at the largest decay minus at no decay, MuonH, paired run by run (same LR and "
+        "seed) over the LRs around the optimum",
         Region(-threshold("loss"), threshold("loss")),
         "a first-order no-op, so decay is dropped",
         "weight_decay",

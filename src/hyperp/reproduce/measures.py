@@ -96,12 +96,12 @@ def _interval(samples: np.ndarray) -> tuple[float, float]:
 def stored(interval: tuple[float, float]) -> list[Any] | None:
     """An interval as results.json keeps it: None without one, ["unbounded", "unbounded"] when
     too many replicates were undefined (JSON has no infinity)."""
-    low, high = interval
-    if math.isinf(low) and math.isinf(high):
-        return ["unbounded", "unbounded"]
-    if not (math.isfinite(low) and math.isfinite(high)):
+    low, high = (float(v) for v in interval)
+    if math.isnan(low) or math.isnan(high):
         return None
-    return [float(low), float(high)]
+    if math.isinf(low) or math.isinf(high) or (low == 0 and math.isinf(high)):
+        return ["unbounded", "unbounded"]  # also exp() of an unbounded log interval: (0, inf)
+    return [low, high]
 
 
 def claim_result(
@@ -296,7 +296,6 @@ def lr_figure(
     scale_name: str,
     scale_of,
     x_label: str,
-    predicted: dict[str, float] | None = None,
 ) -> dict[str, str]:
     """Loss against LR per variant, and the optima against the scale with their intervals."""
     from hyperp.analysis.plots import LRCurve, TrendPanel, plot_lr_curves, plot_trends, save_figure
@@ -382,16 +381,11 @@ def analyze_weight_decay(runner: Runner, figures: Path, seed: int) -> StudyResul
             )
         )
 
-    sphere = losses.get("MuonH (HyperP)")
-    if sphere and len(sphere[0]) >= 2 and sphere[0][0] == 0:
-        estimate = sphere[2][-1] - sphere[2][0]
-        result.claims.append(
-            claim_result("decay_sphere", estimate, sphere[1][-1] - sphere[1][0], inside)
+    result.claims.append(
+        _decay_on_sphere(
+            samples.get("MuonH (HyperP)", []), decay_of, inside, runner.size.replicates, seed
         )
-    else:
-        result.claims.append(
-            claim_result("decay_sphere", math.nan, np.array([]), inside, "no MuonH decay curves")
-        )
+    )
     muon = losses.get("Muon")
     if muon and len(muon[0]) >= 2 and muon[0][0] == 0:
         usable = [i for i in range(1, len(muon[0])) if math.isfinite(muon[2][i])]
@@ -419,6 +413,41 @@ def analyze_weight_decay(runner: Runner, figures: Path, seed: int) -> StudyResul
         )
         result.figures.append({"path": paths["curves"], "caption": "loss against LR per decay"})
     return result
+
+
+def _decay_on_sphere(members, decay_of, inside: bool, replicates: int, seed: int) -> dict:
+    """MuonH's loss with the largest decay minus without, paired run by run (same LR, same
+    seed) over the LRs fitted around the no-decay optimum: the runs differ only by the decay,
+    so their difference is what the code check measures."""
+    ordered = sorted(members, key=lambda m: decay_of(m[0]))
+    if len(ordered) < 2 or decay_of(ordered[0][0]) != 0 or ordered[0][1].fit is None:
+        return claim_result("decay_sphere", math.nan, np.array([]), inside, "no MuonH decay curves")
+    none, most = ordered[0][1].sweep, ordered[-1][1].sweep
+    units, values = [], []
+    for lr in ordered[0][1].fit.lrs:
+        for seed_index, run_seed in enumerate(none.seeds):
+            if run_seed not in most.seeds or lr not in most.lrs:
+                continue
+            pair = (
+                none.losses[list(none.lrs).index(lr), seed_index],
+                most.losses[list(most.lrs).index(lr), most.seeds.index(run_seed)],
+            )
+            if all(math.isfinite(v) for v in pair):
+                units.append((lr, run_seed))
+                values.append(pair)
+    if len(units) < 3:
+        return claim_result("decay_sphere", math.nan, np.array([]), inside, "too few paired runs")
+    # Cells are the two decay values; each (LR, seed) pairs one run of each.
+    table = CellTable(np.array(values).T, tuple(range(len(units))), np.zeros(2, dtype=int))
+    sample = bootstrap_cells(table, replicates=replicates, seed=seed + 3)
+    estimate = float(sample.estimate[1] - sample.estimate[0])
+    return claim_result(
+        "decay_sphere",
+        estimate,
+        sample.replicates[:, 1] - sample.replicates[:, 0],
+        inside,
+        note=f"{len(units)} pairs of runs, decay {decay_of(ordered[-1][0]):g} against 0",
+    )
 
 
 def _lr_transfer(
