@@ -180,7 +180,8 @@ def test_an_only_run_refuses_to_mix_sizes_in_one_report():
 
 @pytest.fixture(scope="module")
 def smoke(corpus, tmp_path_factory) -> dict:
-    """One smoke-size run of two studies through real sweeps, fits and the report."""
+    """One smoke-size study through real sweeps (and an extension phase), fits and the report
+    (the other studies' analyses are covered on synthetic runs in test_reproduce_verdicts)."""
     work = tmp_path_factory.mktemp("smoke")
     command = [
         sys.executable,
@@ -189,7 +190,6 @@ def smoke(corpus, tmp_path_factory) -> dict:
         "reproduce",
         "--smoke",
         "--only",
-        "weight_decay",
         "tokens",
         "--studies",
         str(STUDIES_DIR),
@@ -212,7 +212,7 @@ def test_smoke_reproduce_end_to_end(smoke, corpus):
     report = work / "runs" / "REPORT.md"
     assert report.is_file() and not (work / "REPORT.md").exists()  # its own directory
     results = json.loads((work / "runs" / "report" / "results.json").read_text())
-    assert results["size"] == "smoke" and list(results["studies"]) == ["weight_decay", "tokens"]
+    assert results["size"] == "smoke" and list(results["studies"]) == ["tokens"]
     text = report.read_text()
     assert text == render_markdown(results)  # the report is the results, rendered
     # Every claim carries its number, interval, region and a three-way verdict.
@@ -221,18 +221,15 @@ def test_smoke_reproduce_end_to_end(smoke, corpus):
         for claim in entry["claims"]:
             assert claim["verdict"]["outcome"] in ("holds", "contradicted", "not resolved")
             assert claim["region"] and claim["quantity"]
-    assert "| 4 (token exponent) |" in text and "| 2 (decay matters for Muon) |" in text
+    assert "| 4 (token exponent) |" in text
+    # An extension phase ran: a curve whose best LR sat at the grid's edge got more LRs.
+    assert list((work / "runs" / "tokens").glob("*/phases.json"))
     # The data description comes from the runs' corpus, not a fixed phrase.
     assert "from 3 input(s) (argparse.py, textwrap.py, shlex.py)" in text
     assert "Python source" not in text
     data = results["data"]
     assert data["corpora"][0]["path"] == str(corpus) and data["evaluated_documents"] >= 1
-    # Muon's decay for every other study is tuned here.
-    assert any(
-        "Muon's decay for every other study" in n
-        for n in results["studies"]["weight_decay"]["notes"]
-    )
-    for figure in ("tokens_optima.png", "weight_decay_curves.png"):
+    for figure in ("tokens_optima.png", "tokens_curves.png"):
         assert (work / "runs" / "report" / "figures" / figure).stat().st_size > 1000
 
 
@@ -256,52 +253,34 @@ def test_rerunning_trains_nothing_and_writes_the_same_report(smoke):
 def test_report_to_writes_elsewhere_and_a_section_updates_in_place(smoke):
     work = smoke["work"]
     target = work / "elsewhere" / "REPORT.md"
-    base = [w for w in smoke["command"] if w not in ("weight_decay",)]
-    done = subprocess.run(
-        [*base, "--report-only", "--report-to", str(target)],
-        cwd=work,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+
+    def report_only(command, *extra):
+        return subprocess.run(
+            [*command, "--report-only", "--report-to", str(target), *extra],
+            cwd=work,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    done = report_only(smoke["command"])
     assert done.returncode == 0, done.stderr
-    assert "## 1. Token budget" in target.read_text()
+    first = target.read_text()
+    assert "## 1. Token budget" in first
     assert (work / "elsewhere" / "report" / "results.json").is_file()
-    # The same report from another size is refused, and nothing is overwritten.
-    mixed = [w if w != "--smoke" else "--quick" for w in base]
-    before = target.read_text()
-    refused = subprocess.run(
-        [*mixed, "--report-only", "--report-to", str(target)],
-        cwd=work,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    # Another study's section joins the report; the token section stays as it was.
+    batch = [w if w != "tokens" else "batch" for w in smoke["command"]]
+    done = report_only(batch)
+    assert done.returncode == 0, done.stderr
+    both = target.read_text()
+    assert "## 1. Token budget" in both and "## 2. Batch size" in both
+
+    def section(text):
+        return text.split("## 1. Token budget")[1].split("## 2.")[0]
+
+    assert section(both).strip() == section(first).strip()
+    # A report of another size is refused there, and nothing is overwritten.
+    refused = report_only([w if w != "--smoke" else "--quick" for w in smoke["command"]])
     assert refused.returncode == 2 and "would mix them" in refused.stderr
-    assert target.read_text() == before
-
-
-def test_data_description_prefers_the_corpus_the_trainer_recorded(corpus):
-    from hyperp.reproduce.results import describe_data
-
-    recorded = {
-        "path": str(corpus),
-        "format": "hyperp-shards",
-        "train_tokens": 12345,  # what the trainer counted is what the report says
-        "val_tokens": 9770,
-        "train_documents": 2,
-        "val_documents": 1,
-        "description": "",
-    }
-    config = {"train": {"eval_batches": 2, "batch_size": 4, "seq_len": 32}, "model": {}}
-    data = describe_data([{"corpus": recorded, "config": config}])
-    (entry,) = data["corpora"]
-    assert entry["description"].startswith("text prepared by hyperp prepare from 3 input(s)")
-    assert entry["train_tokens"] == 12345 and data["evaluated_tokens"] == [256]
-    assert data["evaluated_documents"] >= 1
-    # Without it, the config's data.path and that directory's meta.json describe the data.
-    fallback = describe_data([{"config": {**config, "data": {"path": str(corpus)}}}])
-    assert fallback["corpora"][0]["description"].startswith("text prepared by hyperp prepare")
-    assert fallback["corpora"][0]["train_tokens"] == 39968
+    assert target.read_text() == both
