@@ -57,7 +57,7 @@ def test_every_size_has_every_sweep_file_and_each_plans():
 def test_token_study_has_four_budgets_reaching_five_tokens_per_parameter(size):
     runner = runner_for(size, Path("/nonexistent"))
     item = next(s for s in STUDIES if s.name == "tokens")
-    curves = runner.curves(item.arms[0], item.lr_key)
+    curves = [c for arm in item.arms for c in runner.curves(arm, item.lr_key)]
     plans = [runner._config(c.spec, {}).plan() for c in curves]
     assert len(plans) >= 4
     assert max(p.tokens / p.params for p in plans) >= 5.0
@@ -70,7 +70,7 @@ def test_compute_study_has_three_seeds_and_brackets_for_both_methods(size):
     item = next(s for s in STUDIES if s.name == "compute")
     for arm in item.arms:
         spec = runner.arm_spec(arm.stem)
-        assert len(spec.axes["train.seed"]) >= 3
+        assert len(spec.axes["train.seed"]) >= (3 if len(arm.bracket) == 3 else 2)
         assert len(spec.axes["model.depth"]) >= 3
     assert {a.stem: a.bracket for a in item.arms if len(a.bracket) == 3}.keys() == {
         "compute_hyperp",
@@ -284,3 +284,29 @@ def test_report_to_writes_elsewhere_and_a_section_updates_in_place(smoke):
     refused = report_only([w if w != "--smoke" else "--quick" for w in smoke["command"]])
     assert refused.returncode == 2 and "would mix them" in refused.stderr
     assert target.read_text() == both
+
+
+@pytest.mark.parametrize("size", ["smoke", "quick", "full"])
+def test_shared_curves_are_the_same_trajectory(size):
+    """A curve one study reads from another (the base model's own LR curve) must be the run it
+    stands for: same model, optimizer, LR schedule, tokens, batch and evaluation."""
+    runner = runner_for(size, Path("/nonexistent"))
+    checked = 0
+    for item in STUDIES:
+        for arm in item.arms:
+            if not arm.shared:
+                continue
+            own = runner.arm_spec(arm.stem)
+            for curve in runner.curves(arm, item.lr_key):
+                if curve.arm.stem == arm.stem and curve.directory.parent.name == arm.stem:
+                    continue  # trained under this arm
+                mine = runner._config(own, curve.values).plan()
+                theirs = runner._config(curve.spec, {}).plan()
+                for key in ("tokens", "steps", "batch_tokens", "params", "lr_multiplier"):
+                    assert getattr(mine, key) == getattr(theirs, key), (arm.stem, key)
+                a = runner._config(own, curve.values).to_dict()
+                b = runner._config(curve.spec, {}).to_dict()
+                assert a["model"] == b["model"] and a["optim"] == b["optim"], arm.stem
+                assert a["data"] == b["data"]
+                checked += 1
+    assert checked == 2  # depth's base-depth curve with the multiplier, batch's base batch

@@ -168,7 +168,7 @@ def test_token_exponent_is_recovered_with_an_interval(tmp_path):
     runner = make_runner(tmp_path / "runs")
     item = study("tokens")
     rng = np.random.default_rng(1)
-    curves = runner.curves(item.arms[0], item.lr_key)
+    curves = [c for arm in item.arms for c in runner.curves(arm, item.lr_key)]
     tokens = {c.directory: runner._config(c.spec, {}).plan().tokens for c in curves}
     smallest = min(tokens.values())
     for curve in curves:

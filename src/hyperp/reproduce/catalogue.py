@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "BASE",
     "CLAIMS",
     "PAPER_REGIME",
     "STUDIES",
@@ -21,8 +22,10 @@ __all__ = [
     "Claim",
     "LRSource",
     "Region",
+    "SharedCurve",
     "Study",
     "claims_of",
+    "matches",
     "study",
 ]
 
@@ -120,6 +123,29 @@ class LRSource:
     where: tuple[tuple[str, Any], ...] = ()
 
 
+# In a pattern, the value of a key in the size's base model (studies/<size>/base.toml).
+BASE = "base"
+
+
+def matches(values: dict[str, Any], pattern: tuple[tuple[str, Any], ...]) -> bool:
+    return all(values.get(key) == value for key, value in pattern)
+
+
+@dataclass(frozen=True)
+class SharedCurve:
+    """The curve of an arm matching ``pattern`` is the curve of arm ``stem`` matching
+    ``where`` (values may be ``BASE``): the same runs serve both studies."""
+
+    pattern: tuple[tuple[str, Any], ...]
+    stem: str
+    where: tuple[tuple[str, Any], ...]
+
+
+# The base model's own LR curve (the logit-scale head at the base width): the depth study's
+# base-depth curve with the multiplier, and the batch study's base batch, are the same runs.
+BASE_CURVE = ("width_hyperp", (("model.head_init_rule", "logit_scale"), ("model.width", BASE)))
+
+
 @dataclass(frozen=True)
 class Arm:
     """One sweep file of a study. Its runs split into curves by every axis except the LR and
@@ -133,7 +159,9 @@ class Arm:
 
     A compute arm has ``lr_source`` and trains at the base LRs ``optimum * sqrt(2)^step`` for
     each step in ``bracket`` (0 alone: the transferred LR only). Curves matching one of
-    ``skip`` (pairs of key and value) are not run: another curve is the same function.
+    ``skip`` (pairs of key and value) are not run: another curve is the same function. A curve
+    matching a pattern of ``shared`` is another arm's curve (same model, LRs, seeds and
+    trajectory), read from that arm's directory instead of trained again.
     """
 
     stem: str
@@ -144,9 +172,10 @@ class Arm:
     lr_source: LRSource | None = None
     bracket: tuple[int, ...] = ()
     skip: tuple[tuple[tuple[str, Any], ...], ...] = ()
+    shared: tuple[SharedCurve, ...] = ()
 
     def skips(self, values: dict[str, Any]) -> bool:
-        return any(all(values.get(k) == v for k, v in pattern) for pattern in self.skip)
+        return any(matches(values, pattern) for pattern in self.skip)
 
     def variant(self, value: Any) -> str:
         if self.variant_key is None:
@@ -231,6 +260,9 @@ STUDIES: tuple[Study, ...] = (
                 "Depth",
                 "model.depth_mup",
                 {"True": "with branch multiplier", "False": "without branch multiplier"},
+                shared=(
+                    SharedCurve((("model.depth_mup", True), ("model.depth", BASE)), *BASE_CURVE),
+                ),
             ),
         ),
         scale_key="model.depth",
@@ -245,7 +277,8 @@ STUDIES: tuple[Study, ...] = (
             "split. Every curve is extended until its optimum has two points on each side. "
             "The exponent over all budgets and the local exponent between neighbouring budgets."
         ),
-        arms=(Arm("tokens", "HyperP"),),
+        # Short and long budgets sweep their own LR ranges; they are one variant.
+        arms=(Arm("tokens", "HyperP"), Arm("tokens_long", "HyperP")),
         scale_key="train.steps",
     ),
     Study(
@@ -256,7 +289,13 @@ STUDIES: tuple[Study, ...] = (
             "LR curves (absolute LR) at three batch sizes with the same token budget, so the "
             "steps fall as the batch grows. The rule predicts an exponent of 0.5."
         ),
-        arms=(Arm("batch", "HyperP"),),
+        arms=(
+            Arm(
+                "batch",
+                "HyperP",
+                shared=(SharedCurve((("train.batch_size", BASE),), *BASE_CURVE),),
+            ),
+        ),
         scale_key="train.batch_size",
     ),
     Study(

@@ -35,7 +35,7 @@ from hyperp.analysis.bootstrap import Sweep
 from hyperp.analysis.fits import fit_lr_optimum
 from hyperp.analysis.io import load_records, record_value
 from hyperp.fileio import atomic_write_text
-from hyperp.reproduce.catalogue import STUDIES, Arm, Study, study
+from hyperp.reproduce.catalogue import BASE, STUDIES, Arm, Study, matches, study
 from hyperp.sweep import SweepSpec, load_sweep, run_name, run_sweep
 
 __all__ = [
@@ -228,9 +228,39 @@ class Runner:
                 continue
             if arm.skips(values):
                 continue
+            source = next(
+                (item for item in arm.shared if matches(values, self._at_base(item.pattern))),
+                None,
+            )
+            if source is not None:
+                out.append(self._shared(arm, values, source, lr_key))
+                continue
             curve = self._curve(arm, spec, lr_key if has_lr else None, values, seeds)
             out.append(curve)
         return out
+
+    def _shared(self, arm: Arm, values: dict[str, Any], source, lr_key: str) -> Curve:
+        """Another arm's curve under this arm's name and values (see ``Arm.shared``)."""
+        _, source_arm = self.arm_of(source.stem)
+        found = self.curves(source_arm, lr_key, dict(self._at_base(source.where)))
+        if len(found) != 1:
+            raise ValueError(f"{arm.stem}: {source.stem} has no single curve at {source.where}")
+        return replace(found[0], arm=arm, values=values)
+
+    def _at_base(self, pattern: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+        """A pattern with ``BASE`` values replaced by the base model's (its base.toml)."""
+        from hyperp.train.config import load_config
+
+        if not any(value == BASE for _, value in pattern):
+            return pattern
+        base = load_config(self.studies_dir / self.size_name / "base.toml")
+        out = []
+        for key, value in pattern:
+            if value == BASE:
+                section, name = key.split(".", 1)
+                value = getattr(getattr(base, section), name)
+            out.append((key, value))
+        return tuple(out)
 
     def _curve(
         self,
@@ -466,7 +496,8 @@ class Runner:
                 lr_points = len(spec.axes.get(item.lr_key, [])) or max(len(arm.bracket), 1)
                 seeds = len(spec.axes.get(SEED_KEY, [0]))
                 for values in combos:
-                    if arm.skips(values):
+                    shared = any(matches(values, self._at_base(c.pattern)) for c in arm.shared)
+                    if arm.skips(values) or shared:  # trained once, under another arm
                         continue
                     plan = self._config(spec, values).plan()
                     count = lr_points * seeds
