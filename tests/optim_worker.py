@@ -1,8 +1,9 @@
 """One optimizer run of a small paper-family model, on one process or under torchrun.
 
-Run by tests/test_distributed_optim.py. Every rank writes ``rank<r>.json`` into ``--out`` (its
-losses, optimizer-state bytes, the matrices it orthogonalized, its Newton-Schulz FLOPs and bytes
-exchanged) and rank 0 writes ``weights.pt`` (the final weights, gathered whole for comparison).
+Run by tests/test_distributed_optim.py, for a dense and an MoE model in turn. Every rank writes
+``<model>-rank<r>.json`` into ``--out`` (its losses, optimizer-state bytes, the matrices it
+orthogonalized, its Newton-Schulz FLOPs and bytes exchanged) and rank 0 writes
+``<model>-weights.pt`` (the final weights, gathered whole for comparison).
 """
 
 import argparse
@@ -24,15 +25,22 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--strategy", default="fsdp")
     parser.add_argument("--shard-size", type=int, default=0)
-    parser.add_argument("--moe", action="store_true")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
     dist = setup_distributed("cpu")
+    for kind in ("dense", "moe"):
+        run(args, dist, kind)
+    dist.barrier()
+    dist.close()
+
+
+def run(args, dist, kind: str) -> None:
+    moe = kind == "moe"
     config = ModelConfig(
         depth=2, width=64, head_dim=16, n_kv_heads=2, vocab_size=96, context=16,
-        moe_sparsity=2 if args.moe else 0, moe_granularity=2,  # 4 experts, 2 per shard
+        moe_sparsity=2 if moe else 0, moe_granularity=2,  # 4 experts, 2 per shard
     )  # fmt: skip
     torch.manual_seed(0)
     model = Transformer(config)
@@ -56,7 +64,7 @@ def main() -> None:
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(dist.sum([float(out.loss)])[0] / dist.world_size)
+        losses.append(dist.sum([out.loss.item()])[0] / dist.world_size)
         stats = optimizer.step_stats
         steps.append(
             {
@@ -90,14 +98,13 @@ def main() -> None:
             if "radius" in optimizer.state[p]
         },
     }
-    (out_dir / f"rank{dist.rank}.json").write_text(json.dumps(report))
+    (out_dir / f"{kind}-rank{dist.rank}.json").write_text(json.dumps(report))
     weights = {}
     for name, tensor in model.state_dict().items():
         weights[name] = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
     if dist.is_main:
-        torch.save({k: v.detach().clone() for k, v in weights.items()}, out_dir / "weights.pt")
-    dist.barrier()
-    dist.close()
+        weights = {k: v.detach().clone() for k, v in weights.items()}
+        torch.save(weights, out_dir / f"{kind}-weights.pt")
 
 
 if __name__ == "__main__":

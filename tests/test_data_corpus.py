@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 
 from hyperp.data import TokenSource, open_corpus, prepare, write_llmc_shard
 from hyperp.data.corpus import LLMC_MAGIC
+
+pytestmark = pytest.mark.filterwarnings("ignore:the validation split has only:UserWarning")
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +212,128 @@ def test_load_tokenizer_decodes_the_corpus(prepared, tmp_path):
     write_llmc_shard(tmp_path / "x.bin", np.arange(10))
     with pytest.raises(ValueError, match=r"no tokenizer\.json"):
         open_corpus(tmp_path / "x.bin").load_tokenizer()
+
+
+# -- a shard changed after it was verified ------------------------------------------------------
+
+
+def _change_keeping_mtime(path: Path, offset: int) -> None:
+    info = path.stat()
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert path.stat().st_mtime_ns == info.st_mtime_ns
+
+
+def test_shard_changed_after_verification_is_caught_even_with_its_mtime_kept(prepared, tmp_path):
+    copy = _copy(prepared, tmp_path / "c")
+    open_corpus(copy)  # verified and recorded
+    _change_keeping_mtime(copy / "train_000001.bin", 7)
+    with pytest.raises(ValueError, match=r"train_000001\.bin is corrupt: sha256"):
+        open_corpus(copy)
+
+
+def test_large_shard_fingerprint_covers_its_first_and_last_blocks(tmp_path):
+    tokens = np.random.default_rng(0).integers(0, 50_000, size=3_000_000)
+    write_llmc_shard(tmp_path / "data_train_000000.bin", tokens)
+    assert open_corpus(tmp_path).meta["largest_id"] == tokens.max()
+    shard = tmp_path / "data_train_000000.bin"
+    # A larger id written into the last token, keeping size and mtime: caught on the next open.
+    info = shard.stat()
+    with open(shard, "r+b") as handle:
+        handle.seek(-2, os.SEEK_END)
+        handle.write(np.array([60_000], dtype="<u2").tobytes())
+    os.utime(shard, ns=(info.st_atime_ns, info.st_mtime_ns))
+    with pytest.raises(ValueError, match=r"ids up to 60000.*--model\.vocab_size"):
+        open_corpus(tmp_path)
+
+
+def test_fingerprint_reads_a_few_blocks_not_the_shard(tmp_path, monkeypatch):
+    import hyperp.data.stamps as stamps
+
+    write_llmc_shard(tmp_path / "x_train.bin", np.arange(4_000_000) % 50_000)
+    open_corpus(tmp_path)
+    read = []
+    real_open = open
+
+    class Counting:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def read(self, size=-1):
+            data = self.handle.read(size)
+            read.append(len(data))
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    monkeypatch.setattr(stamps, "open", lambda *a, **k: Counting(real_open(*a, **k)), raising=False)
+    open_corpus(tmp_path)
+    assert 0 < sum(read) <= 256 * 1024
+
+
+# -- vocabularies -------------------------------------------------------------------------------
+
+
+def test_llmc_ids_beyond_gpt2_need_an_explicit_vocab_size(tmp_path):
+    tokens = np.array([5, 50256, 60_000, 7] * 300)
+    write_llmc_shard(tmp_path / "big_train_000000.bin", tokens)
+    with pytest.raises(ValueError, match=r"ids up to 60000.*--model\.vocab_size.*60001") as error:
+        open_corpus(tmp_path)
+    assert "\n" not in str(error.value)
+    corpus = open_corpus(tmp_path, vocab_size=60_001)
+    assert corpus.vocab_size == 60_001 and corpus.eot_id is None
+    with pytest.raises(ValueError, match=r"--model\.vocab_size 50304 is smaller"):
+        open_corpus(tmp_path, vocab_size=50_304)
+    # GPT-2 data with a padded vocabulary keeps its end-of-text id.
+    write_llmc_shard(tmp_path / "g" / "g_train.bin", np.array([1, 50256, 3] * 100))
+    padded = open_corpus(tmp_path / "g", vocab_size=50_304)
+    assert padded.vocab_size == 50_304 and padded.eot_id == 50256
+
+
+def test_largest_id_is_found_once_and_remembered(tmp_path, monkeypatch):
+    import hyperp.data.corpus as corpus_module
+
+    write_llmc_shard(tmp_path / "a_train.bin", np.arange(1000))
+    scans = []
+    real = corpus_module.largest_id
+    monkeypatch.setattr(corpus_module, "largest_id", lambda a: scans.append(1) or real(a))
+    assert open_corpus(tmp_path).meta["largest_id"] == 999
+    assert open_corpus(tmp_path, vocab_size=1000).vocab_size == 1000
+    assert len(scans) == 1
+    open_corpus(tmp_path, verify="always")
+    assert len(scans) == 2
+
+
+def test_read_only_directory_remembers_its_verification_in_the_cache(tmp_path, monkeypatch):
+    import hyperp.data.corpus as corpus_module
+
+    monkeypatch.setenv("HYPERP_CACHE", str(tmp_path / "cache"))
+    write_llmc_shard(tmp_path / "ro" / "a_train.bin", np.arange(1000))
+    (tmp_path / "ro").chmod(0o555)
+    try:
+        scans = []
+        real = corpus_module.largest_id
+        monkeypatch.setattr(corpus_module, "largest_id", lambda a: scans.append(1) or real(a))
+        open_corpus(tmp_path / "ro")
+        open_corpus(tmp_path / "ro")
+        assert len(scans) == 1 and not (tmp_path / "ro/.verified.json").exists()
+        assert list((tmp_path / "cache").rglob("*.json"))
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+
+
+def test_prepared_vocabulary_can_be_padded_not_shrunk(prepared):
+    meta = json.loads((prepared / "meta.json").read_text())
+    vocab = meta["vocab_size"]
+    assert open_corpus(prepared, vocab_size=vocab + 64).vocab_size == vocab + 64
+    with pytest.raises(ValueError, match=rf"--model\.vocab_size {vocab - 1} is smaller"):
+        open_corpus(prepared, vocab_size=vocab - 1)

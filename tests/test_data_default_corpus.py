@@ -14,6 +14,8 @@ import pytest
 import hyperp.data.stdlib_corpus as stdlib_corpus
 from hyperp.data import cache_root, default_corpus, open_corpus
 
+pytestmark = pytest.mark.filterwarnings("ignore:the validation split has only:UserWarning")
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 SMALL = 200_000
 
@@ -78,7 +80,7 @@ def test_concurrent_callers_prepare_once(tmp_path):
     assert all(process.returncode == 0 for process in processes)
     paths = {output.strip().splitlines()[-1] for output in outputs}
     assert len(paths) == 1
-    assert sum(output.count("reading ") for output in outputs) == 1
+    assert sum(output.count("wrote ") for output in outputs) == 1
     open_corpus(paths.pop(), verify="always")
 
 

@@ -8,6 +8,8 @@ import torch
 
 from hyperp.data import TokenSource, TrainLoader, open_corpus, validation_batches, write_llmc_shard
 
+pytestmark = pytest.mark.filterwarnings("ignore:the validation split has only:UserWarning")
+
 
 def _source(lengths=(5000, 3000, 50), seed=0) -> TokenSource:
     rng = np.random.default_rng(seed)

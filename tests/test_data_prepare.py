@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,9 @@ import pytest
 
 from hyperp.data import EOT_TOKEN, open_corpus, prepare
 
+pytestmark = pytest.mark.filterwarnings("ignore:the validation split has only:UserWarning")
+
+HYPERP = [sys.executable, "-m", "hyperp"]
 WORDS = [
     "the",
     "cat",
@@ -182,7 +189,7 @@ def test_vocab_too_small_and_bad_options_are_clear_errors(tmp_path):
     _write_docs(tmp_path / "text", 2)
     with pytest.raises(ValueError, match=r"vocab size 100 is too small.*--vocab-size 257"):
         prepare([tmp_path / "text"], tmp_path / "out", vocab_size=100)
-    with pytest.raises(ValueError, match="val fraction"):
+    with pytest.raises(ValueError, match="--val-fraction must be in"):
         prepare([tmp_path / "text"], tmp_path / "out", val_fraction=1.0)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy/notes.md").write_text("mine")
@@ -317,3 +324,170 @@ def test_cli_reports_user_mistakes_in_one_line(tmp_path, monkeypatch, capsys):
     assert "\n" not in error and "Traceback" not in error
     code = cli.main(["prepare", "--out", str(tmp_path / "o")])
     assert code == 2 and "at least one INPUT" in capsys.readouterr().err
+
+
+# -- what prepare accepts, skips and warns about ---------------------------------------------
+
+
+def test_binary_files_named_explicitly_are_skipped_with_a_warning(tmp_path):
+    _write_docs(tmp_path / "text", 3)
+    program = tmp_path / "ls.txt"
+    program.write_bytes(Path("/bin/ls").read_bytes() if Path("/bin/ls").exists() else b"\x7fELF\0")
+    with pytest.warns(UserWarning, match=r"skipped 1 binary file.*ls\.txt"):
+        meta = _meta(prepare([program, tmp_path / "text"], tmp_path / "out", vocab_size=300))
+    assert meta["documents"] == 3 and meta["skipped_binary_files"] == 1
+    with pytest.raises(ValueError, match=r"every input file looks binary.*ls\.txt"):
+        prepare([program], tmp_path / "out2", vocab_size=300)
+    assert not (tmp_path / "out2").exists()
+
+
+def test_parquet_files_in_a_directory_are_read(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    (tmp_path / "in").mkdir()
+    pq.write_table(
+        pa.table({"text": [f"row {i} " * 20 for i in range(6)]}), tmp_path / "in/a.parquet"
+    )
+    assert _meta(prepare([tmp_path / "in"], tmp_path / "out", vocab_size=300))["documents"] == 6
+
+
+def test_gzip_inputs_are_read(tmp_path):
+    import gzip
+
+    texts = _write_docs(tmp_path / "plain", 4)
+    (tmp_path / "gz").mkdir()
+    for index, text in enumerate(texts):
+        (tmp_path / f"gz/doc{index}.txt.gz").write_bytes(gzip.compress(text.encode()))
+    records = "".join(json.dumps({"text": t}) + "\n" for t in texts)
+    (tmp_path / "gz/all.jsonl.gz").write_bytes(gzip.compress(records.encode()))
+    tokenizer = prepare([tmp_path / "plain"], tmp_path / "ref", vocab_size=300) / "tokenizer.json"
+    kwargs = dict(tokenizer=tokenizer, val_fraction=0.0)
+    plain = open_corpus(prepare([tmp_path / "plain"], tmp_path / "a", **kwargs)).train[:]
+    from_gz = open_corpus(prepare([tmp_path / "gz"], tmp_path / "b", **kwargs))
+    # The directory walk found both gzip files; each text appears twice (text and JSONL).
+    assert _meta(tmp_path / "b")["documents"] == 8
+    assert sorted(from_gz.train[:].tolist()) == sorted(plain.tolist() * 2)
+    (tmp_path / "bad.txt.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match=r"bad\.txt\.gz is not a readable gzip file"):
+        prepare([tmp_path / "bad.txt.gz"], tmp_path / "c", vocab_size=300)
+    (tmp_path / "cut.txt.gz").write_bytes(gzip.compress(texts[0].encode() * 50)[:-20])
+    with pytest.raises(ValueError, match=r"cut\.txt\.gz is not a readable gzip file"):
+        prepare([tmp_path / "cut.txt.gz"], tmp_path / "c", vocab_size=300)
+
+
+def _validation_characters(out: Path) -> tuple[int, int]:
+    corpus = open_corpus(out)
+    tokenizer = corpus.load_tokenizer()
+
+    def characters(tokens):
+        return len(tokenizer.decode(tokens[tokens != corpus.eot_id].tolist()))
+
+    return characters(corpus.val[:]), characters(corpus.train[:])
+
+
+def test_validation_split_holds_the_requested_share_of_the_text(tmp_path):
+    """Documents of very different sizes: the split is by text, not by document count."""
+    rng = random.Random(5)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/book.txt").write_text(
+        "\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(3000))
+    )
+    _write_docs(tmp_path / "in/notes", 30, words=60)
+    out = prepare([tmp_path / "in"], tmp_path / "out", vocab_size=300, val_fraction=0.1)
+    val, train = _validation_characters(out)
+    share = val / (val + train)
+    assert 0.1 <= share <= 0.1 + 65_536 / (val + train), share
+    # A single large file is split too (pieces of at most 64 KiB, cut at newlines).
+    single = prepare([tmp_path / "in/book.txt"], tmp_path / "single", vocab_size=300)
+    val, train = _validation_characters(single)
+    assert val > 0 and train > 0
+
+
+def test_default_validation_split_is_usable_on_a_skewed_corpus():
+    """The issue's corpus: ~800 documents of very different sizes, 14M tokens (~56M characters).
+    The old default (0.5% of the documents) held out 4 documents and 3,328 tokens."""
+    from hyperp.data.preparation import choose_validation
+
+    rng = np.random.default_rng(0)
+    characters = np.minimum(rng.lognormal(9.0, 2.0, size=800), 65_536).astype(np.int64)
+    characters = (characters * (56e6 / characters.sum())).astype(np.int64) + 1
+    keys = rng.random(len(characters))
+    is_val, fraction = choose_validation(keys, characters, None)
+    held_out = int(characters[is_val].sum())
+    assert held_out >= 2_000_000 and held_out <= 0.1 * characters.sum()
+    assert 0 < fraction < 0.1 and not is_val.all()
+    # An explicit fraction is a share of the text.
+    is_val, fraction = choose_validation(keys, characters, 0.01)
+    assert fraction == 0.01
+    assert 0.01 <= characters[is_val].sum() / characters.sum() < 0.01 + 65_536 / 56e6
+
+
+def test_a_small_validation_split_warns_and_names_the_option(tmp_path):
+    _write_docs(tmp_path / "text", 10)
+    with pytest.warns(
+        UserWarning, match=r"validation split has only [\d,]+ tokens.*--val-fraction"
+    ):
+        prepare([tmp_path / "text"], tmp_path / "out", vocab_size=300)
+
+
+# -- progress -----------------------------------------------------------------------------------
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, capsys):
+    import hyperp.cli as cli
+    import hyperp.data.progress as progress
+
+    monkeypatch.setattr(progress, "LINE_SECONDS", 0.0)
+    monkeypatch.setattr(cli, "VERBS", {"prepare": "hyperp.cli.prepare"})
+    _write_docs(tmp_path / "text", 20)
+    code = cli.main(["prepare", str(tmp_path / "text"), "--out", str(tmp_path / "o")])
+    assert code == 0
+    lines = capsys.readouterr().err.splitlines()
+    for phase in ("reading", "tokenizer", "encoding"):
+        periodic = [line for line in lines if re.match(rf"prepare: {phase} +\d+%", line)]
+        assert periodic and "100%" in periodic[-1], (phase, lines)
+    assert any("ETA" in line for line in lines)
+    assert not any("\r" in line for line in lines)
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from support import subprocess_env
+
+    _write_docs(tmp_path / "text", 20)
+    leader, follower = pty.openpty()
+    # A terminal 100 columns wide (a fresh pseudo-terminal has none).
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    process = subprocess.Popen(
+        [
+            *HYPERP,
+            "prepare",
+            str(tmp_path / "text"),
+            "--out",
+            str(tmp_path / "o"),
+            "--vocab-size",
+            "300",
+        ],
+        env=subprocess_env(),
+        stderr=follower,
+        stdout=subprocess.DEVNULL,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert process.wait(timeout=120) == 0
+    shown = b"".join(chunks).decode(errors="replace")
+    # tqdm redraws one line with carriage returns and draws a bar between pipes.
+    assert "encoding" in shown and "\r" in shown and "100%|" in shown, shown

@@ -15,7 +15,8 @@ from support import subprocess_env
 WORKER = str(Path(__file__).with_name("optim_worker.py"))
 
 
-def run_worker(out: Path, nproc: int, *args: str) -> list[dict]:
+def run_worker(out: Path, nproc: int, *args: str) -> dict[str, list[dict]]:
+    """Reports of every rank, for the dense and the MoE model."""
     out.mkdir(parents=True, exist_ok=True)
     if nproc == 1:
         command = [sys.executable, WORKER]
@@ -30,14 +31,16 @@ def run_worker(out: Path, nproc: int, *args: str) -> list[dict]:
         timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
+    return {
+        kind: [json.loads((out / f"{kind}-rank{r}.json").read_text()) for r in range(nproc)]
+        for kind in ("dense", "moe")
+    }
 
 
-@pytest.fixture(scope="module", params=["dense", "moe"])
-def single(request, tmp_path_factory):
-    flags = ["--moe"] if request.param == "moe" else []
-    out = tmp_path_factory.mktemp(f"single-{request.param}")
-    return flags, run_worker(out, 1, "--strategy", "single", *flags)[0], out
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    return run_worker(out, 1, "--strategy", "single"), out
 
 
 @pytest.mark.distributed
@@ -45,17 +48,27 @@ def single(request, tmp_path_factory):
     ("strategy", "nproc", "shard_size"), [("fsdp", 2, 0), ("ddp", 2, 0), ("hsdp", 4, 2)]
 )
 def test_sharded_optimizer_matches_one_process(single, tmp_path, strategy, nproc, shard_size):
-    flags, one, single_dir = single
-    ranks = run_worker(
-        tmp_path / strategy, nproc, "--strategy", strategy, "--shard-size", str(shard_size), *flags
-    )
+    reports, single_dir = single
+    out = tmp_path / strategy
+    many = run_worker(out, nproc, "--strategy", strategy, "--shard-size", str(shard_size))
+    for kind in ("dense", "moe"):  # the MoE model: 4 experts, a bank slice lives on one shard
+        one, ranks = reports[kind][0], many[kind]
+        expected = torch.load(single_dir / f"{kind}-weights.pt", weights_only=True)
+        got = torch.load(out / f"{kind}-weights.pt", weights_only=True)
+        check_same_results(one, ranks, expected, got)
+        check_work_split(one, ranks)
+        if strategy != "ddp":  # sharded state: each rank holds about 1/shards of it
+            shards = shard_size or nproc
+            for rank in ranks:
+                assert rank["state_bytes"] <= (1.1 / shards) * rank["single_state_bytes"]
+
+
+def check_same_results(one, ranks, expected, got) -> None:
     # The same global batch; results differ only by the order of floating-point reductions
     # (gradient reduce-scatter/all-reduce against one sum, norms from per-rank partial sums):
     # ~1e-7 relative per step, amplified by 4 steps of Newton-Schulz.
     for step, loss in enumerate(one["losses"]):
         assert ranks[0]["losses"][step] == pytest.approx(loss, rel=1e-5), step
-    expected = torch.load(single_dir / "weights.pt", weights_only=True)
-    got = torch.load(tmp_path / strategy / "weights.pt", weights_only=True)
     for name, value in expected.items():
         torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
     # Radii are per matrix and independent of sharding.
@@ -63,6 +76,8 @@ def test_sharded_optimizer_matches_one_process(single, tmp_path, strategy, nproc
         for rank in ranks:
             torch.testing.assert_close(torch.tensor(rank["radii"][name]), torch.tensor(radius))
 
+
+def check_work_split(one, ranks) -> None:
     # Every matrix (and every expert slice) is orthogonalized by exactly one rank per step.
     for step in range(len(one["steps"])):
         everyone = sorted(
@@ -73,11 +88,6 @@ def test_sharded_optimizer_matches_one_process(single, tmp_path, strategy, nproc
         loads = [rank["steps"][step]["ns_flops"] for rank in ranks]
         assert sum(loads) == pytest.approx(one["steps"][step]["ns_flops"])
         assert max(loads) - min(loads) <= one["largest_matrix_flops"]
-
-    if strategy != "ddp":  # sharded state: each rank holds about 1/shards of it
-        shards = nproc // (nproc // shard_size) if shard_size else nproc
-        for rank in ranks:
-            assert rank["state_bytes"] <= (1.1 / shards) * rank["single_state_bytes"]
     for rank in ranks:
         step = rank["steps"][-1]
         assert step["sent_bytes"] > 0 and step["received_bytes"] > 0

@@ -13,6 +13,7 @@ from hyperp.train import load_config
 from hyperp.train.checkpoint import list_checkpoints, load_model_weights
 from hyperp.train.trainer import TrainingDiverged, train
 from training import (
+    assert_same_summary,
     assert_same_weights,
     cli_args,
     config,
@@ -143,6 +144,7 @@ def test_resume_is_exact(corpus, tmp_path):
     assert logged(split) == logged(straight)
     assert logged(split, "val_loss") == logged(straight, "val_loss")
     assert_same_weights(split, straight)
+    assert_same_summary(split, straight)
 
 
 def test_resume_refuses_a_changed_config(corpus, tmp_path):
@@ -215,6 +217,7 @@ def test_killed_run_resumes_and_finishes(corpus, tmp_path, kill):
     assert "resumed from" in output
     assert logged(run) == logged(straight)
     assert_same_weights(run, straight)
+    assert_same_summary(run, straight)  # train_loss averages the same window of steps
 
 
 def test_cli_errors_are_one_line(corpus, tmp_path, capsys):

@@ -82,3 +82,14 @@ def torchrun(corpus, out, nproc=2, strategy="fsdp", args=(), timeout=600, **over
         text=True,
         timeout=timeout,
     )
+
+
+TIMING = {"name", "wall_time_s", "tokens_per_s"}  # what an interruption may change
+
+
+def assert_same_summary(a: Path, b: Path) -> None:
+    """summary.json of two runs, equal except for wall-clock figures and the run's name."""
+    sa, sb = (json.loads((run / "summary.json").read_text()) for run in (a, b))
+    assert {k: v for k, v in sa.items() if k not in TIMING} == {
+        k: v for k, v in sb.items() if k not in TIMING
+    }

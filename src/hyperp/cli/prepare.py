@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shlex
+import signal
 import sys
+import threading
+import warnings
 
 from hyperp.cli import UserError, add_verb
 
@@ -13,15 +17,20 @@ def register(sub) -> None:
         sub,
         "prepare",
         help="tokenize text files, JSONL, Parquet or a HF dataset into token shards",
-        example="hyperp prepare corpus/ extra.jsonl --out data/mycorpus --vocab-size 8192",
+        example="hyperp prepare corpus/ extra.jsonl.gz --out data/mycorpus --vocab-size 8192",
     )
     parser.add_argument(
         "inputs",
         nargs="*",
         metavar="INPUT",
-        help="text/.jsonl/.parquet files, directories (walked recursively) or quoted globs",
+        help="text/.jsonl/.parquet files (text and JSONL may be .gz), directories (walked "
+        "recursively) or quoted globs",
     )
-    parser.add_argument("--out", required=True, help="output directory for the shards")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output directory; an earlier preparation there is replaced only on success",
+    )
     parser.add_argument(
         "--vocab-size", type=int, default=8192, help="BPE vocabulary to train (default 8192)"
     )
@@ -38,8 +47,9 @@ def register(sub) -> None:
     parser.add_argument(
         "--val-fraction",
         type=float,
-        default=0.005,
-        help="fraction of documents held out for validation (default 0.005)",
+        default=None,
+        help="share of the text held out for validation (default: automatic, 1%% of the text, "
+        "at least ~0.5M and at most ~10M tokens, never above 10%%)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     parser.add_argument(
@@ -48,8 +58,29 @@ def register(sub) -> None:
         default=None,
         help="tokens per shard file (default 100M)",
     )
-    parser.add_argument("--quiet", action="store_true", help="print only the final summary")
+    parser.add_argument(
+        "--quiet", action="store_true", help="print only warnings, errors and the final summary"
+    )
     parser.set_defaults(func=run)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"prepare: warning: {message}", file=sys.stderr, flush=True)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop): cleaned up like Ctrl-C, reported with status 143."""
+
+
+def _terminated(signum, frame) -> None:
+    raise _Terminated
+
+
+def _on_sigterm(handler):
+    """Install a SIGTERM handler where Python allows it (the main thread); return the old one."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def run(args) -> int:
@@ -62,24 +93,40 @@ def run(args) -> int:
         if not args.quiet:
             print(f"prepare: {message}", file=sys.stderr, flush=True)
 
-    out = prepare(
-        args.inputs,
-        args.out,
-        tokenizer=args.tokenizer,
-        vocab_size=args.vocab_size,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        jsonl_field=args.jsonl_field,
-        parquet_column=args.parquet_column,
-        hf_dataset=args.hf_dataset,
-        hf_split=args.hf_split,
-        hf_field=args.hf_field,
-        shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS,
-        command=shlex.join(["hyperp", *sys.argv[1:]]),
-        log=log,
-    )
-    import json
-
+    progress = None if args.quiet else ("bar" if sys.stderr.isatty() else "lines")
+    previous_handler = _on_sigterm(_terminated)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", UserWarning)
+            warnings.showwarning = _show_warning
+            out = prepare(
+                args.inputs,
+                args.out,
+                tokenizer=args.tokenizer,
+                vocab_size=args.vocab_size,
+                val_fraction=args.val_fraction,
+                seed=args.seed,
+                jsonl_field=args.jsonl_field,
+                parquet_column=args.parquet_column,
+                hf_dataset=args.hf_dataset,
+                hf_split=args.hf_split,
+                hf_field=args.hf_field,
+                shard_tokens=DEFAULT_SHARD_TOKENS
+                if args.shard_tokens is None
+                else args.shard_tokens,
+                command=shlex.join(["hyperp", *sys.argv[1:]]),
+                log=log,
+                progress=progress,
+            )
+    except KeyboardInterrupt as stop:
+        print(
+            f"hyperp prepare: interrupted; {args.out} is unchanged (nothing was written)",
+            file=sys.stderr,
+        )
+        return 143 if isinstance(stop, _Terminated) else 130
+    finally:
+        if previous_handler is not None:
+            _on_sigterm(previous_handler)
     meta = json.loads((out / "meta.json").read_text())
     train, val = meta["splits"]["train"], meta["splits"]["val"]
     print(

@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from hyperp.train import load_config
     from hyperp.train.trainer import TrainingDiverged, data_vocab_size, train
 
+    if args.stop_after is not None and args.stop_after < 1:
+        raise UserError(f"--stop-after must be a step number of at least 1, got {args.stop_after}")
     config = load_config(args.config, args.overrides)
     if args.dry_run:
         # The plan the real start prints: the vocabulary comes from the data, as there.

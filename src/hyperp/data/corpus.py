@@ -11,9 +11,10 @@ A prepared directory holds::
 
 Each shard is a headerless array of little-endian unsigned integers (``meta["dtype"]``:
 ``"uint16"`` when every id fits, else ``"uint32"``). A split is the concatenation of its shards in
-``meta["splits"][split]["shards"]`` order, each entry ``{"file", "tokens", "sha256"}``. Every
-document is preceded by the end-of-text id ``meta["eot_id"]``, so a split reads
-``EOT doc0 EOT doc1 ...``.
+``meta["splits"][split]["shards"]`` order, each entry ``{"file", "tokens", "sha256"}`` (``file`` a
+plain name inside the directory). The end-of-text id ``meta["eot_id"]`` precedes every document,
+so a split reads ``EOT doc0 EOT doc1 ...``; it also marks the one other break in the text, where a
+long document continues after a piece that went to the other split (see ``preparation.py``).
 
 llm.c / modded-nanogpt shards
 -----------------------------
@@ -22,7 +23,16 @@ The format of the widely shared pre-tokenized FineWeb shards: a header of 256 li
 that many uint16 GPT-2 token ids. ``open_corpus`` accepts a directory of such files or a glob;
 files whose name contains ``"val"`` form the validation split, all others the training split
 (as in ``fineweb_val_000000.bin`` / ``fineweb_train_000001.bin``). Their vocabulary is GPT-2's
-(50257, end-of-text id 50256) unless ``vocab_size`` is given.
+(50257, end-of-text id 50256) unless ``vocab_size`` is given, which must exceed the largest id in
+the shards.
+
+Verification
+------------
+``open_corpus`` checks every shard's size on every open, and reads each shard in full once: the
+sha256 listed in meta.json (prepared directories) and the largest token id (both formats). The
+result is remembered and trusted while a cheap fingerprint of the shard matches (see
+``stamps.py``), so later opens of a multi-GB corpus read a few blocks per shard, not the corpus.
+Every file here is read as JSON or as raw integers: nothing in a data directory can run code.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +49,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hyperp.data.inputs import one_line
+from hyperp.data.stamps import VerificationRecords
 from hyperp.fileio import atomic_write_bytes
 
 __all__ = [
@@ -48,6 +61,8 @@ __all__ = [
     "LLMC_VERSION",
     "Corpus",
     "TokenSource",
+    "largest_id",
+    "load_tokenizer_file",
     "open_corpus",
     "sha256_file",
     "write_llmc_shard",
@@ -61,8 +76,6 @@ LLMC_HEADER_INTS = 256
 LLMC_HEADER_BYTES = LLMC_HEADER_INTS * 4
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOT_ID = 50256
-# Per-directory record of shards already checksummed: {file: [size, mtime_ns, sha256]}.
-VERIFIED_STAMP = ".verified.json"
 _DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 _HASH_CHUNK = 1 << 22
 
@@ -76,6 +89,46 @@ def sha256_file(path: Path) -> str:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def largest_id(tokens: np.ndarray) -> int:
+    """The largest token id in ``tokens`` (a memory map is read through once), -1 when empty."""
+    return int(tokens.max()) if tokens.size else -1
+
+
+def load_tokenizer_file(path: str | os.PathLike):
+    """A ``tokenizers.Tokenizer`` from a tokenizer.json file, with one-line errors.
+
+    HF tokenizers parses the file as JSON into Rust structures: a tokenizer file cannot run code.
+    """
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"tokenizer file {path} does not exist; pass a tokenizer.json")
+    if not path.is_file():
+        raise ValueError(f"tokenizer file {path} is not a file; pass a tokenizer.json")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers raises a plain Exception on parse errors
+        reason = one_line(error)[:200]
+        raise ValueError(
+            f"{path} is not a Hugging Face tokenizer.json file ({reason}); pass the tokenizer.json "
+            "that `tokenizers` or `transformers` saved"
+        ) from None
+
+
+def _check_vocab_size(vocab_size: int | None) -> None:
+    if vocab_size is None:
+        return
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int | np.integer):
+        raise ValueError(
+            f"vocab_size must be a positive integer (--model.vocab_size), not {vocab_size!r}"
+        )
+    if vocab_size < 1:
+        raise ValueError(
+            f"vocab_size must be a positive integer (--model.vocab_size), not {vocab_size}"
+        )
 
 
 class TokenSource:
@@ -190,9 +243,7 @@ class Corpus:
                 f"corpus {self.path} has no tokenizer.json (llm.c shards use GPT-2's tokenizer, "
                 "which is not bundled); decode with that tokenizer yourself"
             )
-        from tokenizers import Tokenizer
-
-        return Tokenizer.from_file(str(self.tokenizer_path))
+        return load_tokenizer_file(self.tokenizer_path)
 
 
 def _memmap(path: Path, dtype: np.dtype, offset: int, count: int) -> np.ndarray:
@@ -201,31 +252,37 @@ def _memmap(path: Path, dtype: np.dtype, offset: int, count: int) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))
 
 
-def _load_stamp(directory: Path) -> dict[str, list]:
-    try:
-        stamp = json.loads((directory / VERIFIED_STAMP).read_text())
-        return stamp if isinstance(stamp, dict) else {}
-    except (OSError, ValueError):
-        return {}
+def _plain_name(name: object) -> bool:
+    """A file name that stays inside its directory (meta.json must not point elsewhere)."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and Path(name).name == name
+        and not any(char in name for char in "/\\\0")
+    )
 
 
-def _save_stamp(directory: Path, stamp: dict[str, list]) -> None:
-    temporary = directory / f"{VERIFIED_STAMP}.{os.getpid()}.tmp"
-    try:
-        temporary.write_text(json.dumps(stamp, indent=0))
-        os.replace(temporary, directory / VERIFIED_STAMP)
-    except OSError:
-        # A read-only data directory is fine: shards are then re-verified on every open.
-        temporary.unlink(missing_ok=True)
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _open_prepared(directory: Path, verify: Verify) -> Corpus:
+def _read_meta(directory: Path) -> dict[str, Any]:
+    """meta.json, parsed as JSON and checked field by field (it may come from anywhere)."""
     meta_path = directory / "meta.json"
     rerun = f"re-create it with `hyperp prepare ... --out {directory}`"
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{meta_path} is not valid JSON ({error.msg}); {rerun}") from None
+        meta = json.loads(meta_path.read_bytes())
+    except (ValueError, RecursionError) as error:  # bad syntax, not UTF-8, absurdly nested
+        reason = error.msg if isinstance(error, json.JSONDecodeError) else type(error).__name__
+        raise ValueError(f"{meta_path} is not valid JSON ({reason}); {rerun}") from None
+    except OSError as error:
+        raise ValueError(f"cannot read {meta_path}: {error.strerror}; {rerun}") from None
+
+    def malformed(what: str) -> ValueError:
+        return ValueError(f"{meta_path} is malformed ({what}); {rerun}")
+
+    if not isinstance(meta, dict):
+        raise malformed(f"expected a JSON object, found {type(meta).__name__}")
     if meta.get("format") != FORMAT_NAME:
         raise ValueError(f"{meta_path} is not a hyperp shard directory (no format {FORMAT_NAME!r})")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -233,56 +290,104 @@ def _open_prepared(directory: Path, verify: Verify) -> Corpus:
             f"{meta_path} has format_version {meta.get('format_version')}, this hyperp reads "
             f"{FORMAT_VERSION}; {rerun}"
         )
-    dtype_name = meta.get("dtype")
-    if dtype_name not in _DTYPES:
-        raise ValueError(f"{meta_path}: unknown dtype {dtype_name!r}; {rerun}")
-    dtype = _DTYPES[dtype_name]
-    stamp = _load_stamp(directory) if verify == "once" else {}
-    stamp_changed = False
+    if meta.get("dtype") not in _DTYPES:
+        raise ValueError(f"{meta_path}: unknown dtype {meta.get('dtype')!r}; {rerun}")
+    vocab_size = meta.get("vocab_size")
+    if not _is_count(vocab_size) or vocab_size == 0:
+        raise malformed(f"vocab_size {vocab_size!r} is not a positive integer")
+    eot_id = meta.get("eot_id")
+    if eot_id is not None and not (_is_count(eot_id) and eot_id < vocab_size):
+        raise malformed(f"eot_id {eot_id!r} is not an id below vocab_size {vocab_size}")
+    if not _plain_name(meta.get("tokenizer", "tokenizer.json")):
+        raise malformed(f"tokenizer {meta.get('tokenizer')!r} is not a plain file name")
+    splits = meta.get("splits", {})
+    for split in ("train", "val"):
+        split_meta = splits.get(split, {}) if isinstance(splits, dict) else None
+        entries = split_meta.get("shards", []) if isinstance(split_meta, dict) else None
+        if not isinstance(entries, list):
+            raise malformed(f"splits.{split}.shards is not a list")
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise malformed(f"a {split} shard entry is {type(entry).__name__}, not an object")
+            if not _plain_name(entry.get("file")):
+                raise malformed(f"shard file {entry.get('file')!r} is not a plain file name")
+            if not _is_count(entry.get("tokens")):
+                raise malformed(f"shard {entry['file']} has tokens {entry.get('tokens')!r}")
+            digest = entry.get("sha256")
+            if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+                raise malformed(f"shard {entry['file']} has no valid sha256")
+    return meta
+
+
+def _check_prepared_shard(
+    shard_path: Path, entry: dict, dtype: np.dtype, verify: Verify, records, rerun: str
+) -> int | None:
+    """Check one listed shard's size, and (unless ``verify == "never"``) its sha256 and ids.
+
+    Returns its largest id, or None when it was not read."""
+    if not shard_path.is_file():
+        raise FileNotFoundError(f"shard {shard_path} listed in meta.json is missing; {rerun}")
+    info = shard_path.stat()
+    expected = entry["tokens"] * dtype.itemsize
+    if info.st_size != expected:
+        raise ValueError(
+            f"shard {shard_path} is truncated or corrupt: {info.st_size} bytes, meta.json says "
+            f"{entry['tokens']} {dtype.name} tokens = {expected} bytes; {rerun}"
+        )
+    if verify == "never":
+        return None
+    record = records.lookup(shard_path, info) if records is not None else None
+    if record and record.get("sha256") == entry["sha256"] and _is_count(record.get("largest_id")):
+        return record["largest_id"]
+    actual = sha256_file(shard_path)
+    if actual != entry["sha256"]:
+        raise ValueError(
+            f"shard {shard_path} is corrupt: sha256 {actual[:16]}... does not match meta.json "
+            f"({entry['sha256'][:16]}...); {rerun}"
+        )
+    largest = largest_id(_memmap(shard_path, dtype, 0, entry["tokens"]))
+    if records is not None:
+        records.remember(shard_path, info, sha256=actual, largest_id=largest)
+    return largest
+
+
+def _open_prepared(directory: Path, verify: Verify, vocab_size: int | None) -> Corpus:
+    meta = _read_meta(directory)
+    rerun = f"re-create it with `hyperp prepare ... --out {directory}`"
+    if vocab_size is not None and vocab_size < meta["vocab_size"]:
+        raise ValueError(
+            f"--model.vocab_size {vocab_size} is smaller than the vocabulary of {directory} "
+            f"({meta['vocab_size']} ids, its tokenizer's); use --model.vocab_size "
+            f"{meta['vocab_size']} or more, or leave it unset"
+        )
+    dtype = _DTYPES[meta["dtype"]]
+    records = VerificationRecords(directory) if verify == "once" else None
     splits: dict[str, TokenSource] = {}
     for split in ("train", "val"):
         entries = meta.get("splits", {}).get(split, {}).get("shards", [])
         arrays, names = [], []
         for entry in entries:
             shard_path = directory / entry["file"]
-            tokens = int(entry["tokens"])
-            if not shard_path.is_file():
-                raise FileNotFoundError(
-                    f"shard {shard_path} listed in meta.json is missing; {rerun}"
-                )
-            size = shard_path.stat().st_size
-            expected = tokens * dtype.itemsize
-            if size != expected:
+            largest = _check_prepared_shard(shard_path, entry, dtype, verify, records, rerun)
+            if largest is not None and largest >= meta["vocab_size"]:
                 raise ValueError(
-                    f"shard {shard_path} is truncated or corrupt: {size} bytes, meta.json says "
-                    f"{tokens} {dtype_name} tokens = {expected} bytes; {rerun}"
+                    f"shard {shard_path} holds id {largest}, beyond meta.json's vocab_size "
+                    f"{meta['vocab_size']}; {rerun}"
                 )
-            if verify != "never":
-                mtime = shard_path.stat().st_mtime_ns
-                known = stamp.get(entry["file"])
-                if not (known and known == [size, mtime, entry["sha256"]]):
-                    actual = sha256_file(shard_path)
-                    if actual != entry["sha256"]:
-                        raise ValueError(
-                            f"shard {shard_path} is corrupt: sha256 {actual[:16]}... does not "
-                            f"match meta.json ({entry['sha256'][:16]}...); {rerun}"
-                        )
-                    stamp[entry["file"]] = [size, mtime, actual]
-                    stamp_changed = True
-            arrays.append(_memmap(shard_path, dtype, 0, tokens))
+            arrays.append(_memmap(shard_path, dtype, 0, entry["tokens"]))
             names.append(entry["file"])
         splits[split] = TokenSource(arrays, names)
     if not splits["train"].shards:
-        raise ValueError(f"{meta_path} lists no training shards; {rerun}")
-    if verify == "once" and stamp_changed:
-        _save_stamp(directory, stamp)
+        raise ValueError(f"{directory / 'meta.json'} lists no training shards; {rerun}")
+    if records is not None:
+        records.save()
     tokenizer_path = directory / meta.get("tokenizer", "tokenizer.json")
     return Corpus(
         path=directory,
         format=FORMAT_NAME,
         train=splits["train"],
         val=splits["val"],
-        vocab_size=int(meta["vocab_size"]),
+        vocab_size=vocab_size if vocab_size is not None else meta["vocab_size"],
         eot_id=meta.get("eot_id"),
         meta=meta,
         tokenizer_path=tokenizer_path if tokenizer_path.is_file() else None,
@@ -327,22 +432,61 @@ def _open_llmc_shard(path: Path) -> np.ndarray:
     return _memmap(path, np.dtype("<u2"), LLMC_HEADER_BYTES, tokens)
 
 
-def _open_llmc(files: list[Path], path: Path, vocab_size: int | None) -> Corpus:
+def _llmc_largest_id(files: list[Path], arrays: list[np.ndarray], verify: Verify) -> int | None:
+    """The largest id over all shards: read once per shard, then remembered (``stamps.py``)."""
+    if verify == "never":
+        return None
+    records: dict[Path, VerificationRecords] = {}
+    largest = -1
+    for shard_path, array in zip(files, arrays):
+        directory_records = None
+        if verify == "once":
+            directory_records = records.setdefault(
+                shard_path.parent, VerificationRecords(shard_path.parent)
+            )
+        info = shard_path.stat()
+        record = directory_records.lookup(shard_path, info) if directory_records else None
+        if record and _is_count(record.get("largest_id")):
+            shard_largest = record["largest_id"]
+        else:
+            shard_largest = largest_id(array)
+            if directory_records is not None:
+                directory_records.remember(shard_path, info, largest_id=shard_largest)
+        largest = max(largest, shard_largest)
+    for directory_records in records.values():
+        directory_records.save()
+    return largest
+
+
+def _open_llmc(files: list[Path], path: Path, vocab_size: int | None, verify: Verify) -> Corpus:
+    arrays = [_open_llmc_shard(shard_path) for shard_path in files]
+    largest = _llmc_largest_id(files, arrays, verify)
+    if vocab_size is None:
+        if largest is not None and largest >= GPT2_VOCAB_SIZE:
+            raise ValueError(
+                f"llm.c shards at {path} hold ids up to {largest}, beyond GPT-2's vocabulary of "
+                f"{GPT2_VOCAB_SIZE}; set --model.vocab_size {largest + 1} (or more)"
+            )
+        vocab_size = GPT2_VOCAB_SIZE
+    elif largest is not None and vocab_size <= largest:
+        raise ValueError(
+            f"--model.vocab_size {vocab_size} is smaller than the data needs: the llm.c shards "
+            f"at {path} hold ids up to {largest}; use --model.vocab_size {largest + 1} or more"
+        )
+    gpt2_data = vocab_size >= GPT2_VOCAB_SIZE and (largest is None or largest < GPT2_VOCAB_SIZE)
     train_arrays, train_names, val_arrays, val_names = [], [], [], []
-    for shard_path in files:
-        array = _open_llmc_shard(shard_path)
+    for shard_path, array in zip(files, arrays):
         if "val" in shard_path.name:
             val_arrays.append(array)
             val_names.append(str(shard_path))
         else:
             train_arrays.append(array)
             train_names.append(str(shard_path))
-    if vocab_size is None:
-        vocab_size = GPT2_VOCAB_SIZE
     meta = {
         "format": "llm.c",
         "vocab_size": vocab_size,
         "dtype": "uint16",
+        "largest_id": largest,
         "splits": {
             "train": {"tokens": sum(map(len, train_arrays)), "files": train_names},
             "val": {"tokens": sum(map(len, val_arrays)), "files": val_names},
@@ -354,7 +498,7 @@ def _open_llmc(files: list[Path], path: Path, vocab_size: int | None) -> Corpus:
         train=TokenSource(train_arrays, train_names),
         val=TokenSource(val_arrays, val_names),
         vocab_size=vocab_size,
-        eot_id=GPT2_EOT_ID if vocab_size == GPT2_VOCAB_SIZE else None,
+        eot_id=GPT2_EOT_ID if gpt2_data else None,
         meta=meta,
         tokenizer_path=None,
     )
@@ -372,18 +516,24 @@ def open_corpus(
     directory of llm.c ``.bin`` shards, a glob of them (``"fineweb10B/fineweb_*.bin"``) or one such
     file. See the module docstring for both formats.
 
-    ``vocab_size`` overrides the vocabulary of llm.c shards (default GPT-2's 50257); prepared
-    directories take theirs from meta.json. ``verify`` controls sha256 checks of prepared shards:
-    ``"once"`` (default) hashes a shard the first time it is opened and re-hashes only when its
-    size or mtime changes (recorded in ``.verified.json`` in the directory); ``"always"`` hashes
-    on every open; ``"never"`` checks sizes only. Sizes are always checked.
+    ``vocab_size`` is the model's vocabulary (``--model.vocab_size``), when the user set one. It
+    becomes the corpus's ``vocab_size`` if it is at least what the data needs: the largest id + 1
+    of llm.c shards, the tokenizer's size for a prepared directory (a larger one pads the
+    embedding). A smaller one is refused. Without it, llm.c shards get GPT-2's 50257 (refused if
+    their ids go beyond) and prepared directories their meta.json's.
+
+    ``verify``: ``"once"`` (default) reads each shard in full the first time it is opened (sha256
+    of prepared shards, largest id of both formats) and afterwards only while its size, mtime,
+    inode or fingerprint differ from the record (``stamps.py``); ``"always"`` reads every shard
+    on every open; ``"never"`` checks sizes only (and cannot check ids against the vocabulary).
 
     Raises ``FileNotFoundError`` for a missing path, missing shards or an empty directory, and
-    ``ValueError`` for truncated or corrupt shards, bad magic numbers, checksum mismatches and
-    unreadable meta.json; each message names the file and how to fix it.
+    ``ValueError`` for truncated, corrupt or changed shards, bad magic numbers, malformed
+    meta.json and ids beyond the vocabulary; each message names the file and the fix.
     """
     if verify not in ("once", "always", "never"):
         raise ValueError(f"verify must be 'once', 'always' or 'never', not {verify!r}")
+    _check_vocab_size(vocab_size)
     text = os.fspath(path)
     candidate = Path(text)
     if any(char in text for char in "*?[") and not candidate.exists():
@@ -392,7 +542,7 @@ def open_corpus(
             raise FileNotFoundError(
                 f"no files match {text!r}; point to llm.c .bin shards or a prepared directory"
             )
-        return _open_llmc(files, candidate, vocab_size)
+        return _open_llmc(files, candidate, vocab_size, verify)
     if not candidate.exists():
         raise FileNotFoundError(
             f"data directory {text} does not exist; create it with "
@@ -400,9 +550,9 @@ def open_corpus(
             "llm.c .bin shards"
         )
     if candidate.is_file():
-        return _open_llmc([candidate], candidate, vocab_size)
+        return _open_llmc([candidate], candidate, vocab_size, verify)
     if (candidate / "meta.json").is_file():
-        return _open_prepared(candidate, verify)
+        return _open_prepared(candidate, verify, vocab_size)
     shard_files = sorted(p for p in candidate.glob("*.bin") if p.is_file())
     if not shard_files:
         raise FileNotFoundError(
@@ -415,7 +565,7 @@ def open_corpus(
             f"{candidate} has .bin files but no meta.json, and {shard_files[0].name} is not an "
             "llm.c shard: this looks like an interrupted `hyperp prepare`; run it again"
         )
-    return _open_llmc(shard_files, candidate, vocab_size)
+    return _open_llmc(shard_files, candidate, vocab_size, verify)
 
 
 def write_llmc_shard(path: str | os.PathLike, tokens: np.ndarray) -> Path:

@@ -1,8 +1,12 @@
 """Reading raw text for ``hyperp prepare``: files, directories, globs, JSONL, Parquet, HF datasets.
 
 Every input is turned into a stream of :class:`Document` objects in a deterministic order, so that
-two passes over the same inputs (one to train the tokenizer and pick the split, one to encode)
-see the same documents.
+every pass over the same inputs (to pick the split, to train the tokenizer, to encode) sees the same
+documents. Text and JSONL files may be gzip-compressed (``notes.txt.gz``, ``dump.jsonl.gz``).
+
+Binary files (a NUL byte in the first 8 KiB, after decompression for ``.gz``) are skipped, whether
+named explicitly or found in a directory, and counted: ``prepare`` warns about them and refuses
+inputs that hold nothing else. Parquet files are binary by nature and never sniffed.
 
 What counts as one document:
 
@@ -19,12 +23,16 @@ Undecodable bytes never stop preparation: each invalid UTF-8 byte becomes U+FFFD
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 import os
 import re
+import stat
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 __all__ = [
     "DOCUMENT_MARKER",
@@ -32,6 +40,7 @@ __all__ = [
     "DocumentSource",
     "decode_utf8",
     "expand_inputs",
+    "one_line",
 ]
 
 # Plain-text files that contain this marker are split into documents at it.
@@ -39,6 +48,9 @@ DOCUMENT_MARKER = "<|endoftext|>"
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
+GZIP_SUFFIX = ".gz"
+# What a damaged or mislabelled gzip file raises while being read.
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 
 # surrogateescape maps each undecodable byte 0x80-0xFF to one code point in this range.
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
@@ -78,19 +90,46 @@ def _clean_string(text: str) -> tuple[str, int]:
         return _LONE_SURROGATE.sub("\ufffd", text), replaced
 
 
+def one_line(text: object) -> str:
+    """A library's (possibly multi-line) message folded into one line."""
+    return " ".join(str(text).split())
+
+
 def _has_glob(text: str) -> bool:
     return any(char in text for char in _GLOB_CHARS)
 
 
+def _open_input(path: Path) -> IO[bytes]:
+    """The file's bytes, decompressed when its name ends in .gz."""
+    if path.name.lower().endswith(GZIP_SUFFIX):
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _read_failure(path: Path, error: BaseException) -> ValueError:
+    if isinstance(error, _GZIP_ERRORS) and path.name.lower().endswith(GZIP_SUFFIX):
+        return ValueError(
+            f"{path} is not a readable gzip file ({one_line(error) or type(error).__name__}); "
+            "download it again, or decompress it and pass the text"
+        )
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else one_line(error)
+    return ValueError(f"cannot read {path}: {reason}; check the file and its permissions")
+
+
 def _looks_binary(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        return b"\x00" in handle.read(_SNIFF_BYTES)
+    if _file_kind(path) == "parquet":
+        return False
+    try:
+        with _open_input(path) as handle:
+            return b"\x00" in handle.read(_SNIFF_BYTES)
+    except (*_GZIP_ERRORS, OSError) as error:
+        raise _read_failure(path, error) from None
 
 
-def _walk_directory(directory: Path) -> tuple[list[Path], int]:
-    """Regular, non-hidden, non-binary files under ``directory`` in sorted order; and #binary."""
+def _walk_directory(directory: Path) -> tuple[list[Path], list[Path]]:
+    """Regular, non-hidden, non-binary files under ``directory`` in sorted order; and the binary."""
     files: list[Path] = []
-    skipped_binary = 0
+    skipped_binary: list[Path] = []
     for root, dirnames, filenames in os.walk(directory):
         # Sorting in place makes os.walk itself deterministic; hidden dirs (.git) are pruned.
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
@@ -101,21 +140,29 @@ def _walk_directory(directory: Path) -> tuple[list[Path], int]:
             if not path.is_file():
                 continue
             if _looks_binary(path):
-                skipped_binary += 1
+                skipped_binary.append(path)
                 continue
             files.append(path)
     return files, skipped_binary
 
 
-def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], int]:
+def _add_file(path: Path, files: list[Path], skipped_binary: list[Path]) -> None:
+    if _looks_binary(path):
+        skipped_binary.append(path)
+    else:
+        files.append(path)
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
     """Resolve files, directories and globs to a deduplicated, ordered list of files.
 
-    Returns ``(files, skipped_binary_files)``. Files named explicitly are always read; files found
-    by walking a directory or a glob are skipped when they look binary (a NUL byte in the first
-    8 KiB), since a directory of sources often holds images or compiled files too.
+    Returns ``(files, skipped_binary)``: the text files to read, and the files skipped because
+    they look binary (a NUL byte in the first 8 KiB; a directory of sources often holds images or
+    compiled files, and a renamed program is no text either). Raises FileNotFoundError for a
+    missing path or a pattern that matches nothing, ValueError for special files (devices, pipes).
     """
     files: list[Path] = []
-    skipped_binary = 0
+    skipped_binary: list[Path] = []
     for item in inputs:
         text = os.fspath(item)
         if _has_glob(text) and not Path(text).exists():
@@ -130,25 +177,27 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], int]
                 if path.is_dir():
                     found, binary = _walk_directory(path)
                     files.extend(found)
-                    skipped_binary += binary
+                    skipped_binary.extend(binary)
                 elif path.is_file():
-                    if _looks_binary(path):
-                        skipped_binary += 1
-                    else:
-                        files.append(path)
+                    _add_file(path, files, skipped_binary)
             continue
         path = Path(text)
         if not path.exists():
             raise FileNotFoundError(
-                f"input {text!r} does not exist; pass text, JSONL or Parquet files, "
+                f"input {text!r} does not exist; pass text, JSONL, Parquet or .gz files, "
                 "directories or glob patterns"
             )
         if path.is_dir():
             found, binary = _walk_directory(path)
             files.extend(found)
-            skipped_binary += binary
+            skipped_binary.extend(binary)
+        elif not stat.S_ISREG(path.stat().st_mode):
+            # A device or a pipe would be read forever (/dev/zero) or give nothing (/dev/null).
+            raise ValueError(
+                f"input {text} is not a regular file; pass text, JSONL, Parquet or .gz files"
+            )
         else:
-            files.append(path)
+            _add_file(path, files, skipped_binary)
     unique: dict[Path, None] = {}
     for path in files:
         unique.setdefault(path.resolve(), None)
@@ -156,7 +205,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], int]
 
 
 def _file_kind(path: Path) -> str:
-    name = path.name.lower()
+    name = path.name.lower().removesuffix(GZIP_SUFFIX)
     if name.endswith(JSONL_SUFFIXES):
         return "jsonl"
     if name.endswith(PARQUET_SUFFIXES):
@@ -164,8 +213,24 @@ def _file_kind(path: Path) -> str:
     return "text"
 
 
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with _open_input(path) as handle:
+            return handle.read()
+    except (*_GZIP_ERRORS, OSError) as error:
+        raise _read_failure(path, error) from None
+
+
+def _read_lines(path: Path) -> Iterator[bytes]:
+    try:
+        with _open_input(path) as handle:
+            yield from handle
+    except (*_GZIP_ERRORS, OSError) as error:
+        raise _read_failure(path, error) from None
+
+
 def _text_documents(path: Path) -> Iterator[Document]:
-    text, replaced = decode_utf8(path.read_bytes())
+    text, replaced = decode_utf8(_read_bytes(path))
     if DOCUMENT_MARKER not in text:
         if text:
             yield Document(text, str(path), replaced)
@@ -180,40 +245,39 @@ def _text_documents(path: Path) -> Iterator[Document]:
 
 
 def _jsonl_documents(path: Path, field: str) -> Iterator[Document]:
-    with open(path, "rb") as handle:
-        for line_number, raw_line in enumerate(handle, start=1):
-            line, replaced = decode_utf8(raw_line)
-            if not line.strip():
-                continue
-            origin = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"{origin}: not valid JSON ({error.msg}); each line of a JSONL file must be "
-                    "one JSON object"
-                ) from None
-            if not isinstance(record, dict):
-                raise ValueError(
-                    f"{origin}: expected a JSON object per line, got {type(record).__name__}"
-                )
-            if field not in record:
-                fields = ", ".join(sorted(record)) or "none"
-                raise ValueError(
-                    f"{origin}: no field {field!r} (fields: {fields}); choose the text field with "
-                    "--jsonl-field NAME"
-                )
-            value = record[field]
-            if value is None:
-                continue
-            if not isinstance(value, str):
-                raise ValueError(
-                    f"{origin}: field {field!r} holds {type(value).__name__}, not text; choose the "
-                    "text field with --jsonl-field NAME"
-                )
-            value, surrogates = _clean_string(value)
-            if value:
-                yield Document(value, origin, replaced + surrogates)
+    for line_number, raw_line in enumerate(_read_lines(path), start=1):
+        line, replaced = decode_utf8(raw_line)
+        if not line.strip():
+            continue
+        origin = f"{path}:{line_number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{origin}: not valid JSON ({error.msg}); each line of a JSONL file must be "
+                "one JSON object"
+            ) from None
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"{origin}: expected a JSON object per line, got {type(record).__name__}"
+            )
+        if field not in record:
+            fields = ", ".join(sorted(record)) or "none"
+            raise ValueError(
+                f"{origin}: no field {field!r} (fields: {fields}); choose the text field with "
+                "--jsonl-field NAME"
+            )
+        value = record[field]
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ValueError(
+                f"{origin}: field {field!r} holds {type(value).__name__}, not text; choose the "
+                "text field with --jsonl-field NAME"
+            )
+        value, surrogates = _clean_string(value)
+        if value:
+            yield Document(value, origin, replaced + surrogates)
 
 
 def _parquet_documents(path: Path, column: str) -> Iterator[Document]:
@@ -226,7 +290,7 @@ def _parquet_documents(path: Path, column: str) -> Iterator[Document]:
     try:
         parquet_file = pq.ParquetFile(path)
     except Exception as error:  # pyarrow raises its own ArrowInvalid for non-Parquet files
-        raise ValueError(f"{path}: not a readable Parquet file ({error})") from None
+        raise ValueError(f"{path}: not a readable Parquet file ({one_line(error)})") from None
     names = parquet_file.schema_arrow.names
     if column not in names:
         raise ValueError(
@@ -273,7 +337,21 @@ def _load_hf_dataset(name_or_path: str, split: str):
                 )
             loaded = loaded[split]
         return loaded
-    return datasets.load_dataset(name_or_path, split=split)
+    # A dataset's loading script is code from elsewhere: datasets 4 dropped them; older
+    # versions are told not to run them.
+    no_scripts = {"trust_remote_code": False} if _major(datasets.__version__) < 4 else {}
+    try:
+        return datasets.load_dataset(name_or_path, split=split, **no_scripts)
+    except (OSError, ValueError, ImportError) as error:  # not found, offline, bad split, ...
+        raise ValueError(
+            f"cannot load dataset {name_or_path!r} split {split!r}: {one_line(error)}; check the "
+            "name, --hf-split, and network access (or pass a save_to_disk copy)"
+        ) from None
+
+
+def _major(version: str) -> int:
+    head = version.split(".")[0]
+    return int(head) if head.isdigit() else 0
 
 
 def _hf_documents(name_or_path: str, split: str, field: str) -> Iterator[Document]:

@@ -7,21 +7,23 @@ The corpus is prepared once into the user's cache directory and reused afterward
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import shutil
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 
 from hyperp.data.preparation import prepare
+from hyperp.data.progress import ProgressMode
+from hyperp.data.staging import exclusive_lock
 
 __all__ = ["DEFAULT_VAL_FRACTION", "cache_root", "default_corpus", "stdlib_source_files"]
 
-# 2% of ~1800 files, so the validation split has a few hundred thousand tokens, not a handful.
+# 2% of the text (~600k characters of ~31M), about 200k tokens of validation.
 DEFAULT_VAL_FRACTION = 0.02
+# Part of the cache name: bumped when the same sources would be prepared differently, so that a
+# cache made by an earlier version is not taken for the current corpus (2: split by pieces).
+_CORPUS_REVISION = 2
 _SKIPPED_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 
 
@@ -74,23 +76,7 @@ def stdlib_source_files(max_bytes: int | None = None) -> list[Path]:
 def _corpus_name(vocab_size: int, max_bytes: int | None) -> str:
     version = ".".join(map(str, sys.version_info[:3]))
     size = "all" if max_bytes is None else f"max{max_bytes}"
-    return f"stdlib-{sys.implementation.name}{version}-v{vocab_size}-{size}"
-
-
-@contextlib.contextmanager
-def _exclusive_lock(lock_path: Path):
-    """An inter-process lock where the OS offers one (POSIX flock); a no-op elsewhere."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: the temp-dir + rename below still keeps races safe
-        yield
-        return
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return f"stdlib-{sys.implementation.name}{version}-v{vocab_size}-{size}-r{_CORPUS_REVISION}"
 
 
 def default_corpus(
@@ -99,47 +85,36 @@ def default_corpus(
     vocab_size: int = 8192,
     max_bytes: int | None = None,
     log=None,
+    progress: ProgressMode = "lines",
 ) -> Path:
     """Prepare (once) and return the directory of the built-in standard-library corpus.
 
-    The corpus lives in ``cache_root(cache_dir) / "stdlib-cpython3.11.7-v8192-all"`` (the name
-    encodes the Python implementation and version, ``vocab_size`` and ``max_bytes``). A second call
-    with the same arguments returns the cached directory without preparing again. ``max_bytes``
-    caps the source text used (see :func:`stdlib_source_files`); None uses all of it.
+    The corpus lives in ``cache_root(cache_dir) / "stdlib-cpython3.11.7-v8192-all-r2"`` (the name
+    encodes the Python implementation and version, ``vocab_size``, ``max_bytes`` and the revision
+    of the preparation). A second call with the same arguments returns the cached directory
+    without preparing again. ``max_bytes`` caps the source text used (see
+    :func:`stdlib_source_files`); None uses all of it. ``log`` and ``progress`` are passed to
+    :func:`prepare` (periodic progress lines through ``log`` by default).
 
-    Safe when several processes call it at once: preparation runs under a lock file and into a
-    temporary directory that is renamed into place only when complete.
+    Safe when several processes call it at once: preparation runs under a lock file, and
+    :func:`prepare` builds beside the final directory and renames it into place only when
+    complete, so a crash never leaves a directory that looks finished.
     """
     root = cache_root(cache_dir)
     final = root / _corpus_name(vocab_size, max_bytes)
     if (final / "meta.json").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(root / f"{final.name}.lock"):
-        if (final / "meta.json").is_file():
-            return final
-        files = stdlib_source_files(max_bytes)
-        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-        try:
+    with exclusive_lock(root / f"{final.name}.lock"):
+        if not (final / "meta.json").is_file():
             prepare(
-                files,
-                staging,
+                stdlib_source_files(max_bytes),
+                final,
                 vocab_size=vocab_size,
                 val_fraction=DEFAULT_VAL_FRACTION,
                 seed=0,
                 command=f"hyperp default corpus: python {sys.version.split()[0]} stdlib sources",
                 log=log,
+                progress=progress,
             )
-            if final.exists():
-                # Left by a crash before meta.json existed (rename is atomic, so never finished).
-                shutil.rmtree(final)
-            try:
-                os.rename(staging, final)
-            except OSError:
-                # Another process (without flock) finished first; its copy is as good as ours.
-                if not (final / "meta.json").is_file():
-                    raise
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
     return final

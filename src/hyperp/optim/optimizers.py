@@ -185,14 +185,16 @@ class GroupedOptimizer(Optimizer):
         cached, since it depends on shapes and meshes only."""
         key = (index, need_work, tuple(id(p) for p in params))
         if key not in self._plans:
-            grids = {grid_of(p, self.replicate_group) for p in params}
+            grids = {
+                grid.members: grid for grid in (grid_of(p, self.replicate_group) for p in params)
+            }
             if len(grids) > 1:
                 raise ValueError(
                     "the parameters of one optimizer group must all be sharded on the same mesh "
                     "(FSDP2/HSDP) or all be plain tensors; shard every module with fully_shard, "
                     "or none"
                 )
-            grid = grids.pop()
+            grid = next(iter(grids.values()))
             layouts = [MatrixLayout.of(p.shape, group["layout"], grid.shard_size) for p in params]
             plan = WorkPlan(layouts, grid, group["ns_steps"]) if need_work else None
             self._plans[key] = (layouts, grid, plan)

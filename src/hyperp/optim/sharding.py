@@ -54,6 +54,15 @@ class Grid:
         """Position in the grid: ``replica * shard_size + shard`` (an owner index)."""
         return self.replica_rank * self.shard_size + self.shard_rank
 
+    @property
+    def members(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The global ranks of the shard and replica groups: equal grids have equal members
+        (FSDP2 may hand two parameters of one mesh distinct group objects)."""
+        return tuple(
+            tuple(dist.get_process_group_ranks(group)) if group is not None else ()
+            for group in (self.shard_group, self.replica_group)
+        )
+
 
 def grid_of(param: torch.Tensor, replicate_group: dist.ProcessGroup | None) -> Grid:
     """The grid of a parameter: from a DTensor's mesh and placements (FSDP2, HSDP), or, for a

@@ -267,7 +267,7 @@ class Checkpointer:
             **extra,
         }
         atomic_write_json(partial / MARKER, marker)
-        final = self.directory / f"step_{step:08d}"
+        final = self.path_of(step)
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -302,6 +302,10 @@ class Checkpointer:
                 "Start the run again in a new directory (--out)."
             )
         return complete[-1] if complete else None
+
+    def path_of(self, step: int) -> Path:
+        """Where the complete checkpoint of ``step`` lives."""
+        return self.directory / f"step_{step:08d}"
 
     def restore(self, path: Path) -> None:
         """Load checkpoint ``path`` into the components, resharding as needed (collective)."""

@@ -53,8 +53,13 @@ class RunLock:
         if self.dist.is_main:
             try:
                 token = self._take(log)
-            except (OSError, RunDirectoryError) as error:
+            except RunDirectoryError as error:
                 failure = error
+            except OSError as error:
+                failure = RunDirectoryError(
+                    f"cannot write to the run directory {self.path.parent} "
+                    f"({error.strerror or error}); choose a writable --out"
+                )
         token = self.dist.broadcast_int(token)  # 0: rank 0 could not take the directory
         if failure is not None:
             raise failure

@@ -17,6 +17,7 @@ A run directory is the contract with everything downstream (DESIGN.md):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -290,30 +291,7 @@ class Trainer:
         parallel = parallelize(model, dist, train.distributed, shard_size)
         module = torch.compile(parallel.module) if train.compile else parallel.module
         ns_dtype, ns_reason = self._ns_dtype(config)
-        optimizer = build_optimizer(
-            model,
-            config.optim.method,
-            plan.lr,
-            weight_decay=config.optim.weight_decay,
-            depth_ratio=plan.depth_ratio,
-            width_ratio=plan.width_ratio,
-            momentum=config.optim.momentum,
-            betas=(config.optim.beta1, config.optim.beta2),
-            eps=config.optim.eps,
-            sphere=config.optim.sphere,
-            ns_dtype=ns_dtype,
-            roles=roles,
-            replicate_group=parallel.replicate_group,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: lr_schedule(
-                step,
-                plan.steps,
-                warmup_steps=config.optim.warmup_steps,
-                final_fraction=config.optim.final_lr_fraction,
-            ),
-        )
+        optimizer, scheduler = _optimizer(config, plan, model, roles, parallel, ns_dtype)
         loader = TrainLoader(
             self._corpus.train,
             batch_size=train.batch_size,
@@ -375,7 +353,7 @@ class Trainer:
 
     def _restore(self, run: _Run) -> int:
         """Load the newest complete checkpoint, if any; the step to continue from."""
-        found = run.checkpointer.latest() if self.resume != "never" else None
+        found = self._agreed_checkpoint(run) if self.resume != "never" else None
         if found is None:
             if self.resume == "must":
                 raise FileNotFoundError(f"no checkpoint to resume in {self.checkpoint_dir}")
@@ -390,6 +368,23 @@ class Trainer:
         run.log.info(f"resumed from {path} at step {step}")
         run.sinks = self._open_sinks(run, step)
         return step
+
+    def _agreed_checkpoint(self, run: _Run) -> tuple[int, Path] | None:
+        """Rank 0's newest complete checkpoint, on every rank (a rank on a lagging network
+        filesystem might otherwise see another newest one)."""
+        failure, step = None, -1
+        if self.dist.is_main:
+            try:
+                found = run.checkpointer.latest()
+                step = found[0] if found else -1
+            except CheckpointError as error:
+                failure, step = error, -2
+        step = self.dist.broadcast_int(step)
+        if failure is not None:
+            raise failure
+        if step == -2:
+            raise CheckpointError("rank 0 could not read the checkpoints; see its message")
+        return (step, run.checkpointer.path_of(step)) if step >= 0 else None
 
     def _open_sinks(self, run: _Run, resume_step: int | None) -> Sinks | None:
         if not self.dist.is_main:
@@ -563,10 +558,21 @@ class Trainer:
             saved = run.checkpointer.latest()
             kept = f"step {saved[0]} in {saved[1]} is intact" if saved else "none was saved before"
             raise CheckpointError(
-                f"could not write the checkpoint of step {step} ({_reason(error)}); the previous "
-                f"checkpoint ({kept}). Free space or fix permissions under {self.checkpoint_dir}, "
-                "then rerun the same command to resume."
+                f"could not write the checkpoint of step {step} ({self._save_failure(error, saved)}"
+                f"); the previous checkpoint ({kept}). Free space or fix permissions under "
+                f"{self.checkpoint_dir}, then rerun the same command to resume."
             ) from error
+
+    def _save_failure(self, error: BaseException, saved: tuple[int, Path] | None) -> str:
+        """Why a save failed, naming a full disk even when the writer's error does not."""
+        cause = root_cause(error)
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            return f"No space left on device under {self.checkpoint_dir}"
+        free = shutil.disk_usage(self.checkpoint_dir).free
+        needed = sum(f.stat().st_size for f in saved[1].iterdir()) if saved else 0
+        if free < max(needed, 1 << 20):
+            return f"No space left on device: {free // 1024} KiB free, a checkpoint takes about {needed // 1024} KiB"
+        return _reason(cause)
 
     def _stopped(self, run: _Run, step: int, stop: _StopFlag) -> RunResult:
         run.checkpointer.wait()
@@ -617,6 +623,36 @@ class Trainer:
             "corpus": _corpus_summary(run.corpus),
             "config": config.to_dict(),
         }
+
+
+def _optimizer(config: RunConfig, plan: RunPlan, model, roles, parallel, ns_dtype: str):
+    """The method's optimizer (METHOD.md 2) and its LR schedule (METHOD.md 4)."""
+    optim = config.optim
+    optimizer = build_optimizer(
+        model,
+        optim.method,
+        plan.lr,
+        weight_decay=optim.weight_decay,
+        depth_ratio=plan.depth_ratio,
+        width_ratio=plan.width_ratio,
+        momentum=optim.momentum,
+        betas=(optim.beta1, optim.beta2),
+        eps=optim.eps,
+        sphere=optim.sphere,
+        ns_dtype=ns_dtype,
+        roles=roles,
+        replicate_group=parallel.replicate_group,
+    )
+
+    def schedule(step: int) -> float:
+        return lr_schedule(
+            step,
+            plan.steps,
+            warmup_steps=optim.warmup_steps,
+            final_fraction=optim.final_lr_fraction,
+        )
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 class _Clock:
