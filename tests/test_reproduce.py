@@ -138,9 +138,10 @@ def test_extension_brackets_the_best_point_with_two_lrs_each_side():
 def corpus(tmp_path_factory) -> Path:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = [stdlib / name for name in ("argparse.py", "textwrap.py", "shlex.py")]
-    return prepare(
-        files, tmp_path_factory.mktemp("corpus") / "tokens", vocab_size=512, val_fraction=0.3
-    )
+    with pytest.warns(UserWarning, match="validation split has only"):  # a small corpus
+        return prepare(
+            files, tmp_path_factory.mktemp("corpus") / "tokens", vocab_size=512, val_fraction=0.3
+        )
 
 
 def test_a_corpus_the_runs_would_repeat_is_refused_with_the_fix(corpus, tmp_path):
