@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from hyperp.analysis import (
+    FewPointsWarning,
     fit_loss_vs_compute,
     fit_lr_optimum,
     fit_offset_power_law,
     fit_power_law,
+    interpolated_leverage,
     leverage,
     sweep_sensitivity,
 )
@@ -117,16 +119,20 @@ def test_negative_learning_rate_is_rejected():
 
 def test_sensitivity_is_zero_on_an_exact_parabola_and_falls_with_k():
     lrs, exact = synthetic_sweep(0.02, points=7)
-    result = sweep_sensitivity(lrs, exact, 3)
+    result = sweep_sensitivity(lrs, exact, 3, window=None)
     assert result.n_subsets == math.comb(7, 3) == result.n_valid
     assert result.lr_relative_error < 1e-9 and result.loss_relative_error < 1e-12
 
     _, noisy = synthetic_sweep(0.02, points=7, noise=0.005, seed=1)
-    errors = [sweep_sensitivity(lrs, noisy, k).lr_relative_error for k in (3, 5, 7)]
+    errors = [sweep_sensitivity(lrs, noisy, k, window=None).lr_relative_error for k in (3, 5, 7)]
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] == pytest.approx(0.0, abs=1e-12)  # k = n is the all-point fit itself
     with pytest.raises(ValueError, match="k must be between 3"):
-        sweep_sensitivity(lrs, noisy, 8)
+        sweep_sensitivity(lrs, noisy, 8, window=None)
+    # By default the subsets are those of the points the optimum is fitted to (5 of the 7).
+    assert sweep_sensitivity(lrs, noisy, 3).n_points == 5
+    with pytest.raises(ValueError, match="number of points fitted"):
+        sweep_sensitivity(lrs, noisy, 6)
 
 
 def test_table4_token_exponent_linear_space_and_loglog():
@@ -157,7 +163,8 @@ def test_power_law_degenerate_inputs():
         fit_power_law([1e9, 1e9, 1e9], [0.01, 0.011, 0.012])
     with pytest.raises(ValueError, match="positive"):
         fit_power_law([1e9, 2e9], [0.01, -0.01])
-    two = fit_power_law([1e9, 2e9], [0.01, 0.008])
+    with pytest.warns(FewPointsWarning):
+        two = fit_power_law([1e9, 2e9], [0.01, 0.008])
     assert two.loo_relative_errors.size == 0 and math.isnan(two.loo_mean_relative_error)
     assert two.exponent == pytest.approx(math.log2(0.8), rel=1e-6)
 
@@ -241,3 +248,70 @@ def test_three_point_sweep_has_an_optimum_but_no_bootstrap_interval():
     result = fit_lr_optimum(lrs, losses)
     assert result.inside and math.isfinite(result.lr)
     assert all(math.isnan(v) for v in result.lr_interval)
+
+
+# --- Robust fits: a window around the best point, reliability flags, few-point warnings ------
+
+
+def test_window_keeps_diverged_and_far_points_out_of_the_parabola():
+    # Two diverged LRs above the optimum and slow learning far below it: fitted to every point,
+    # the parabola is bent by the far ones; the window around the best point is not.
+    lrs = np.array([0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.6, 1.0])
+    losses = np.array([9.6, 8.7, 7.7, 6.95, 6.9, 6.93, math.inf, math.nan])
+    everything = fit_lr_optimum(lrs, losses, window=None, bootstrap=0)
+    assert not everything.usable  # the all-point vertex lies beyond the finite LRs
+    result = fit_lr_optimum(lrs, losses, bootstrap=0)
+    assert result.usable and 0.1 < result.lr < 0.3
+    assert result.loss == pytest.approx(6.9, abs=0.05)  # near the best observed, not far below
+    assert result.n_fit == 4 and result.excluded == 2 and result.dropped == 2
+    assert set(result.lrs) == {0.03, 0.1, 0.2, 0.3}  # never past the diverged 0.6
+
+
+def test_a_parabola_bent_by_a_far_point_is_flagged_unreliable():
+    # The point at 0.1 rises steeply (the edge of stability): the parabola through the window
+    # misses the best point and dips 0.29 below every observed loss.
+    lrs = 0.05 * math.sqrt(2) ** np.arange(-3, 4)
+    losses = np.array([5.2, 4.6, 4.35, 4.3, 4.32, 6.5, 7.4])
+    result = fit_lr_optimum(lrs, losses, bootstrap=0)
+    assert result.inside and not result.reliable and not result.usable
+    assert "misses the best point" in result.unreliable
+    # With a known noise the dip itself is named.
+    noisy = fit_lr_optimum(lrs, losses, noise=0.01, bootstrap=0)
+    assert "below every observed loss" in noisy.unreliable
+
+
+def test_reliability_checks_pass_good_sweeps():
+    rng = np.random.default_rng(0)
+    flagged = 0
+    for _ in range(100):
+        optimum = math.log(0.07) + rng.normal(0, 0.2)
+        grid = math.log(0.0354) + np.arange(6) * math.log(2) / 2
+        losses = 4.5 + 0.15 * (grid - optimum) ** 2 + rng.normal(0, 0.01, 6)
+        result = fit_lr_optimum(np.exp(grid), losses, noise=0.01, bootstrap=0)
+        flagged += result.inside and not result.reliable
+    assert flagged == 0
+
+
+def test_few_point_fits_warn():
+    with pytest.warns(FewPointsWarning, match="2 scales"):
+        fit_power_law([1e9, 2e9], [0.01, 0.008])
+    with pytest.warns(FewPointsWarning, match="2 compute values"):
+        fit_loss_vs_compute([1e18, 1e19], [3.0, 2.8], offset=False)
+    with pytest.warns(FewPointsWarning, match="3 compute values"):
+        fit_loss_vs_compute([1e18, 1e19, 1e20], [3.0, 2.8, 2.7])
+
+
+def test_interpolated_leverage_reads_measured_points_without_a_fit():
+    ratio = 1.6
+    flops = np.array([1e18, 4e18, 1.6e19])
+    # Loss linear in ln C, so the piecewise-linear reading is exact.
+    method = 5.0 - 0.2 * np.log(flops * ratio / 1e18)
+    baseline_flops = np.array([2e18, 8e18])
+    baseline = 5.0 - 0.2 * np.log(baseline_flops / 1e18)
+    values = interpolated_leverage(flops, method, baseline_flops, baseline)
+    assert np.allclose(values, ratio)
+    # Beyond the method's measured losses: the end segment continues half its length, no more.
+    far = interpolated_leverage(flops, method, [1e21], [5.0 - 0.2 * np.log(1e3)])
+    assert math.isnan(far[0])
+    near = interpolated_leverage(flops, method, [2.4e19], [5.0 - 0.2 * np.log(24)])
+    assert near[0] == pytest.approx(ratio)

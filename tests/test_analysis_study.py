@@ -251,3 +251,28 @@ def test_verbs_are_registered_with_an_example_in_their_help(capsys):
         assert exit_info.value.code == 0
         text = capsys.readouterr().out
         assert f"example:\n  hyperp {verb} " in text
+
+
+def test_fit_flags_unreliable_optima_and_keeps_them_out_of_power_laws(tmp_path, capsys):
+    """A sweep whose best point sits beside a steep rise (a parabola through it misses the
+    best point) is reported UNRELIABLE and does not enter the power law; a law through the 2
+    usable scales that remain is noted as exact."""
+    rows = []
+    for tokens, optimum in ((1e9, 0.04), (2e9, 0.032), (4e9, 0.026)):
+        for lr in optimum * np.sqrt(2) ** np.arange(-3, 4):
+            rows.append(
+                {"tokens": tokens, "lr": lr, "val_loss": 3.0 + 0.2 * math.log(lr / optimum) ** 2}
+            )
+    bent = [r for r in rows if r["tokens"] == 4e9]
+    for row, loss in zip(bent, [5.2, 4.6, 4.35, 4.3, 4.32, 6.5, 7.4]):
+        row["val_loss"] = loss
+    path = write_csv(tmp_path / "r.csv", rows)
+    assert run_fit([str(path), "--bootstrap", "50"]) == 0
+    text = capsys.readouterr().out
+    assert "tokens=4e+09: unreliable fit" in text
+    assert "without a usable optimum" in text and "tokens=4e+09" in text.split("usable")[1]
+    assert "a power law through 2 scales fits them exactly" in text
+    # --window 0 fits every point, as before windows existed.
+    assert run_fit([str(path), "--bootstrap", "0", "--window", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert all(g["optimum"]["excluded"] == 0 for g in result["groups"])

@@ -13,10 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import stats
 from scipy.optimize import OptimizeWarning, curve_fit, least_squares
 
 __all__ = [
+    "DEFAULT_WINDOW",
     "ComputeCurve",
+    "FewPointsWarning",
     "LROptimum",
     "OffsetPowerLawFit",
     "PowerLawFit",
@@ -25,8 +28,12 @@ __all__ = [
     "fit_lr_optimum",
     "fit_offset_power_law",
     "fit_power_law",
+    "interpolated_leverage",
     "leverage",
+    "percentile_interval",
     "sweep_sensitivity",
+    "t_widening",
+    "vertices",
 ]
 
 ArrayLike = Sequence[float] | np.ndarray
@@ -57,14 +64,40 @@ def _paired(x: ArrayLike, y: ArrayLike, x_name: str, y_name: str) -> tuple[np.nd
 # LR optimum of one sweep (METHOD.md 6): loss = a (ln lr)^2 + b ln lr + c
 # --------------------------------------------------------------------------------------------
 
+# Distinct LRs fitted on each side of the best one. Far from the optimum the loss is not a
+# parabola in ln(lr) (it rises steeply toward divergence), so those points bias the vertex.
+DEFAULT_WINDOW = 2
+# A bootstrap interval with more resamples than this share without a minimum is unbounded.
+MAX_UNDEFINED_SHARE = 0.05
+
+
+class FewPointsWarning(UserWarning):
+    """A fit with as many points as parameters: it passes through them and measures nothing."""
+
+
+def t_widening(degrees_of_freedom: float, level: float = 0.95) -> float:
+    """How much wider a t interval with this many degrees of freedom is than a normal one.
+
+    Residuals resampled from a small fit understate the noise they estimate; the bootstrap
+    widens them by this ratio, as a t interval would (METHOD.md 6 intervals, DESIGN analysis)."""
+    if degrees_of_freedom < 1:
+        return math.nan
+    tail = 0.5 + level / 2
+    return float(stats.t.ppf(tail, degrees_of_freedom) / stats.norm.ppf(tail))
+
 
 @dataclass(frozen=True)
 class LROptimum:
     """The result of ``fit_lr_optimum``.
 
-    ``lr`` and ``loss`` are the fitted optimum only when ``inside`` is true; otherwise they are
-    NaN and ``reason`` says why, so an extrapolated vertex is never used by accident. The
-    parabola's vertex is still available as ``vertex_lr``/``vertex_loss`` (NaN when ``a <= 0``).
+    The parabola is fitted to a window of ``2 * window + 1`` distinct LRs centred on the best
+    observed one (``lrs``/``losses``/``residuals`` are those points). ``lr`` and ``loss`` are the
+    fitted optimum only when ``inside`` is true; otherwise they are NaN and ``reason`` says why, so
+    an extrapolated vertex is never used by accident (``vertex_lr``/``vertex_loss`` keep it; NaN
+    when ``a <= 0``). ``reliable`` is false, with ``unreliable`` saying why, when the vertex lies
+    further below every observed loss than the grid and the noise allow, or the parabola explains
+    its window poorly: such an optimum is reported but must not enter power laws or drifts
+    (``usable`` combines both checks).
     """
 
     lr: float
@@ -82,13 +115,24 @@ class LROptimum:
     losses: np.ndarray = field(repr=False)
     residuals: np.ndarray = field(repr=False)
     rms_residual: float = math.nan
-    n_points: int = 0
+    n_points: int = 0  # points with a finite loss
     dropped: int = 0  # points left out because their loss (or LR) was not finite
     bootstrap: int = 0
-    bootstrap_failures: int = 0  # resamples without a minimum (a <= 0 or < 3 distinct LRs)
+    bootstrap_failures: int = 0  # resamples without a minimum (a <= 0)
+    n_fit: int = 0  # points inside the window, the ones fitted
+    excluded: int = 0  # finite points outside the window
+    reliable: bool = True
+    unreliable: str | None = None
+    noise: float = math.nan  # the noise the reliability check allowed for
+
+    @property
+    def usable(self) -> bool:
+        """An optimum inside the window whose fit passed the reliability checks."""
+        return self.inside and self.reliable
 
     @property
     def lr_range(self) -> tuple[float, float]:
+        """The LRs fitted (the window)."""
         return float(self.lrs.min()), float(self.lrs.max())
 
     def curve(self, lrs: ArrayLike) -> np.ndarray:
@@ -103,6 +147,8 @@ class LROptimum:
             "loss": self.loss,
             "inside": self.inside,
             "reason": self.reason,
+            "reliable": self.reliable,
+            "unreliable": self.unreliable,
             "lr_interval": list(self.lr_interval),
             "loss_interval": list(self.loss_interval),
             "vertex_lr": self.vertex_lr,
@@ -114,7 +160,10 @@ class LROptimum:
             "residuals": self.residuals.tolist(),
             "rms_residual": self.rms_residual,
             "n_points": self.n_points,
+            "n_fit": self.n_fit,
+            "excluded": self.excluded,
             "dropped": self.dropped,
+            "noise": self.noise,
             "bootstrap": self.bootstrap,
             "bootstrap_failures": self.bootstrap_failures,
         }
@@ -137,13 +186,44 @@ def _clean_sweep(lrs: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndar
     return lr_array, loss_array, dropped
 
 
+def _window(lrs: ArrayLike, losses: ArrayLike, window: int | None) -> np.ndarray:
+    """Which points to fit: those at the ``window`` distinct LRs either side of the best mean.
+
+    Positions count every swept LR, diverged ones too, so a window never reaches past a
+    divergence to a finite but meaningless loss beyond it. It widens until it holds 3 distinct
+    LRs with finite losses (the parabola's parameters)."""
+    lr_array, loss_array = _paired(lrs, losses, "lrs", "losses")
+    grid = np.unique(lr_array[np.isfinite(lr_array)])
+    finite = np.isfinite(loss_array) & np.isfinite(lr_array)
+    means = np.full(grid.size, math.inf)
+    for index, lr in enumerate(grid):
+        values = loss_array[finite & (lr_array == lr)]
+        if values.size:
+            means[index] = values.mean()
+    if window is None:
+        return finite
+    best = int(np.argmin(means))
+    width = window
+    while True:
+        chosen = grid[max(best - width, 0) : best + width + 1]
+        chosen = chosen[np.isfinite(means[np.isin(grid, chosen)])]
+        if chosen.size >= 3 or width >= grid.size:
+            return finite & np.isin(lr_array, chosen)
+        width += 1
+
+
+def _quadratic_batch(log_lr: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """Least-squares (a, b, c) for every row of ``losses`` (replicates x points), one design."""
+    design = np.stack([log_lr**2, log_lr, np.ones_like(log_lr)], axis=1)
+    return losses @ np.linalg.pinv(design).T
+
+
 def _weighted_quadratic(log_lr: np.ndarray, losses: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Least-squares (a, b, c) for each row of ``weights`` (bootstrap counts), batched.
+    """Least-squares (a, b, c) for each row of ``weights`` (subset indicators), batched.
 
     Rows whose normal equations are singular (fewer than 3 distinct points drawn) give NaN.
     """
     design = np.stack([log_lr**2, log_lr, np.ones_like(log_lr)], axis=1)  # (n, 3)
-    # Normal equations per resample: (X^T W X) beta = X^T W y.
     gram = np.einsum("rn,ni,nj->rij", weights, design, design)
     rhs = np.einsum("rn,ni,n->ri", weights, design, losses)
     distinct_drawn = (weights[:, None, :] > 0) & (
@@ -156,98 +236,193 @@ def _weighted_quadratic(log_lr: np.ndarray, losses: np.ndarray, weights: np.ndar
     return coefficients
 
 
-def fit_lr_optimum(
-    lrs: ArrayLike, losses: ArrayLike, *, bootstrap: int = 1000, seed: int = 0
-) -> LROptimum:
-    """Fit ``loss = a (ln lr)^2 + b ln lr + c`` to one sweep and locate its minimum (METHOD.md 6).
+def vertices(coefficients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ln lr*, loss*) of each row (a, b, c); NaN where the parabola has no minimum (a <= 0)."""
+    a, b, c = np.asarray(coefficients, dtype=float).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_lr = np.where(a > 0, -b / (2 * a), math.nan)
+        loss = np.where(a > 0, c - b**2 / (4 * a), math.nan)
+    return log_lr, loss
 
-    The optimum is ``lr* = exp(-b / 2a)`` with ``loss*`` the fitted minimum. It is reported
-    (``inside=True``) only when ``a > 0`` and ``lr*`` lies within the swept range; otherwise
-    ``lr``/``loss`` are NaN, ``reason`` explains, and the best observed point is still given.
-    Points with a NaN or infinite loss (diverged runs) are left out and counted in ``dropped``.
-    The intervals are 95% percentile bootstrap intervals over resampled sweep points, widened
-    if needed to contain the estimate; NaN when there is no optimum inside the sweep or fewer
-    than 4 distinct LRs (with 3, every usable resample is the sweep itself).
+
+def percentile_interval(
+    samples: ArrayLike, level: float = 0.95, max_undefined: float = MAX_UNDEFINED_SHARE
+) -> tuple[float, float]:
+    """The ``level`` percentile interval of bootstrap samples (NaN: undefined replicates).
+
+    When more than ``max_undefined`` of the replicates are undefined the statistic has no
+    interval at this resolution: (-inf, inf), which no threshold region contains."""
+    values = _as_float_array(samples, "samples")
+    if values.size == 0:
+        return (math.nan, math.nan)
+    undefined = ~np.isfinite(values)
+    if undefined.mean() > max_undefined:
+        return (-math.inf, math.inf)
+    tail = 50 * (1 - level)
+    low, high = np.percentile(values[~undefined], [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _reliability(
+    a: float,
+    vertex_loss: float,
+    lr_fit: np.ndarray,
+    loss_fit: np.ndarray,
+    fitted: np.ndarray,
+    noise: float,
+    noise_given: bool,
+) -> str | None:
+    """Why the fitted optimum is not to be trusted, or None (see :class:`LROptimum`).
+
+    Both checks look at the best point and its neighbours, where the optimum is decided. The
+    second allows only a known ``noise`` (not the fit's own residuals, which a point far out
+    inflates), so a parabola bent by far points cannot excuse itself."""
+    grid = np.unique(lr_fit)
+    means = np.array([loss_fit[lr_fit == lr].mean() for lr in grid])
+    curve = np.array([fitted[lr_fit == lr].mean() for lr in grid])
+    best = int(np.argmin(means))
+    neighbours = [i for i in (best - 1, best + 1) if 0 <= i < grid.size]
+    log_grid = np.log(grid)
+    half_step = max(abs(log_grid[i] - log_grid[best]) for i in neighbours) / 2
+    curvature = a
+    if len(neighbours) == 2:  # the local curvature, which a far point cannot inflate
+        x, y = log_grid[best - 1 : best + 2], means[best - 1 : best + 2]
+        curvature = float(np.polyfit(x, y, 2)[0])
+    # The vertex may lie half a grid step from the best point, so up to a·h² below it, plus noise.
+    allowed = max(curvature, 0.0) * half_step**2 + 2 * noise
+    gap = float(means[best] - vertex_loss)
+    if gap > allowed + 1e-12:
+        return (
+            f"the fitted minimum ({vertex_loss:.4g}) lies {gap:.3g} below every observed loss, "
+            f"more than the grid spacing and the noise allow ({allowed:.3g}); refine the grid "
+            f"near lr {grid[best]:.3g}"
+        )
+    rise = max(means[i] - means[best] for i in neighbours)
+    miss = abs(float(means[best] - curve[best]))
+    if miss > max(rise, 2 * noise if noise_given else 0.0) + 1e-12:
+        return (
+            f"the parabola misses the best point by {miss:.3g}, more than the loss changes "
+            f"beside it ({rise:.3g}): points further out bend it; refine the grid near lr "
+            f"{grid[best]:.3g}"
+        )
+    return None
+
+
+def fit_lr_optimum(
+    lrs: ArrayLike,
+    losses: ArrayLike,
+    *,
+    window: int | None = DEFAULT_WINDOW,
+    noise: float | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> LROptimum:
+    """Fit ``loss = a (ln lr)^2 + b ln lr + c`` near the best point of one sweep (METHOD.md 6).
+
+    Only the points at the ``window`` distinct LRs on each side of the best observed one enter
+    the fit (``window=None``: every point); diverged points (NaN or infinite loss) never do and
+    are counted in ``dropped``. The optimum is ``lr* = exp(-b / 2a)`` with ``loss*`` the fitted
+    minimum, reported (``inside=True``) only when ``a > 0`` and ``lr*`` lies among the LRs
+    fitted; otherwise ``lr``/``loss`` are NaN, ``reason`` explains, and the best observed point is
+    still given. ``reliable``/``unreliable`` judge the fit (see :class:`LROptimum`) against
+    ``noise``, the standard deviation of one point's loss (default: the fit's own residuals).
+
+    The intervals are 95% percentile intervals of a residual bootstrap: the fit's residuals,
+    rescaled for the 3 parameters fitted and widened by the t/normal quantile ratio (or normal
+    noise of size ``noise`` when given), are resampled onto the fitted curve and the window is
+    refitted; widened if needed to contain the estimate. NaN without an optimum or without a
+    residual degree of freedom; unbounded when more than 5% of the resamples have no minimum.
     """
-    lr_array, loss_array, dropped = _clean_sweep(lrs, losses)
+    lr_all, loss_all = _paired(lrs, losses, "lrs", "losses")
+    lr_array, _, dropped = _clean_sweep(lr_all, loss_all)
+    in_window = _window(lr_all, loss_all, window)
+    grid = np.unique(lr_all[np.isfinite(lr_all)])
+    lr_fit, loss_fit = lr_all[in_window], loss_all[in_window]
     # Centre ln(lr) so the normal equations stay well conditioned for any LR scale.
-    log_centre = float(np.mean(np.log(lr_array)))
-    log_lr = np.log(lr_array) - log_centre
-    a, b_centred, c_centred = np.polyfit(log_lr, loss_array, 2)
+    log_centre = float(np.mean(np.log(lr_fit)))
+    log_lr = np.log(lr_fit) - log_centre
+    a, b_centred, c_centred = np.polyfit(log_lr, loss_fit, 2)
     fitted = a * log_lr**2 + b_centred * log_lr + c_centred
-    residuals = loss_array - fitted
+    residuals = loss_fit - fitted
     # Back to coefficients in uncentred ln(lr): a(x - m)^2 + b'(x - m) + c'.
     b_full = b_centred - 2 * a * log_centre
     c_full = a * log_centre**2 - b_centred * log_centre + c_centred
-    best = int(np.argmin(loss_array))
-    lo, hi = float(lr_array.min()), float(lr_array.max())
+    means = {lr: float(loss_fit[lr_fit == lr].mean()) for lr in np.unique(lr_fit)}
+    best_lr = min(means, key=means.get)
+    best_loss = means[best_lr]
+    lo, hi = float(lr_fit.min()), float(lr_fit.max())
+    degrees = lr_fit.size - 3
+    noise_given = noise is not None
+    if noise is None:
+        noise = float(np.sqrt(np.sum(residuals**2) / degrees)) if degrees > 0 else 0.0
 
-    # Curvature that moves the fitted loss by less than this over the whole sweep is no curvature:
+    # Curvature that moves the fitted loss by less than this over the window is no curvature:
     # the losses are linear in ln(lr) and the vertex would be an artefact of rounding.
     span = float(log_lr.max() - log_lr.min())
-    flat = abs(a) * span**2 <= 1e-9 * (float(np.abs(loss_array).max()) + 1.0)
+    flat = abs(a) * span**2 <= 1e-9 * (float(np.abs(loss_fit).max()) + 1.0)
     vertex_lr = vertex_loss = math.nan
     if a > 0 and not flat:
         vertex_log = -b_centred / (2 * a)
-        with np.errstate(over="ignore"):  # a nearly flat fit puts the vertex far out
+        with np.errstate(over="ignore"):  # a nearly flat fit puts its vertex far out
             vertex_lr = float(np.exp(vertex_log + log_centre))
         vertex_loss = float(c_centred - b_centred**2 / (4 * a))
 
+    edge_low, edge_high = lo <= float(grid.min()), hi >= float(grid.max())
+    inside, reason = False, None
     if flat:
-        inside = False
         direction = "larger" if b_centred < 0 else "smaller"
         reason = (
             "the loss is linear in ln(lr) over the sweep (no curvature), so the optimum lies "
             f"beyond it; it is not extrapolated; add {direction} learning rates"
         )
     elif a <= 0:
-        inside = False
         reason = (
             "the fitted parabola opens downward (a <= 0), so the sweep has no minimum; "
             "the best observed point is reported instead; widen the sweep around it"
         )
     elif vertex_lr < lo:
-        inside = False
         reason = (
             f"the fitted minimum ({vertex_lr:.3g}) lies below the smallest swept LR ({lo:.3g}); "
             "it is not extrapolated; add smaller learning rates"
+            if edge_low
+            else f"the fitted minimum ({vertex_lr:.3g}) lies below the LRs fitted around the best "
+            f"point ({lo:.3g}); the sweep is irregular there"
         )
     elif vertex_lr > hi:
-        inside = False
         reason = (
             f"the fitted minimum ({vertex_lr:.3g}) lies above the largest swept LR ({hi:.3g}); "
             "it is not extrapolated; add larger learning rates"
+            if edge_high
+            else f"the fitted minimum ({vertex_lr:.3g}) lies above the LRs fitted around the best "
+            f"point ({hi:.3g}); the sweep is irregular there"
         )
     else:
         inside = True
-        reason = None
+    unreliable = None
+    if inside:
+        unreliable = _reliability(a, vertex_loss, lr_fit, loss_fit, fitted, noise, noise_given)
 
     lr_interval = loss_interval = (math.nan, math.nan)
     failures = 0
-    # An interval is only meaningful around an optimum that exists; a vertex outside the sweep
-    # would give an interval of extrapolations.
-    # With 3 distinct LRs every usable resample is the original sweep: no spread to measure.
-    if bootstrap > 0 and inside and np.unique(lr_array).size >= 4:
+    # An interval is only meaningful around an optimum that exists, and needs a residual
+    # degree of freedom to say how noisy the points are.
+    if bootstrap > 0 and inside and (degrees > 0 if not noise_given else noise > 0):
         rng = np.random.default_rng(seed)
-        n = lr_array.size
-        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(float)
-        boot = _weighted_quadratic(log_lr, loss_array, weights)
-        valid = np.isfinite(boot).all(axis=1) & (boot[:, 0] > 0)
-        failures = int((~valid).sum())
-        if valid.any():
-            ba, bb, bc = boot[valid].T
-            boot_log = -bb / (2 * ba) + log_centre
-            boot_loss = bc - bb**2 / (4 * ba)
-            with np.errstate(over="ignore"):
-                low, high = np.exp(np.percentile(boot_log, [2.5, 97.5]))
-            loss_low, loss_high = np.percentile(boot_loss, [2.5, 97.5])
-            # A percentile interval of a skewed statistic can miss the estimate itself on a
-            # small sweep; widen it to include the estimate rather than report an odd interval.
-            lr_interval = (float(min(low, vertex_lr)), float(max(high, vertex_lr)))
-            loss_interval = (
-                float(min(loss_low, vertex_loss)),
-                float(max(loss_high, vertex_loss)),
-            )
+        if not noise_given:
+            pool = residuals * math.sqrt(lr_fit.size / degrees) * t_widening(degrees)
+            draws = rng.choice(pool, size=(bootstrap, lr_fit.size))
+        else:
+            draws = rng.normal(0.0, noise, size=(bootstrap, lr_fit.size))
+        boot_log, boot_loss = vertices(_quadratic_batch(log_lr, fitted + draws))
+        failures = int(np.sum(~np.isfinite(boot_log)))
+        low, high = percentile_interval(boot_log + log_centre)
+        loss_low, loss_high = percentile_interval(boot_loss)
+        with np.errstate(over="ignore"):
+            low, high = math.exp(low), math.exp(high)
+        # A percentile interval of a skewed statistic can miss the estimate itself on a
+        # small sweep; widen it to include the estimate rather than report an odd interval.
+        lr_interval = (float(min(low, vertex_lr)), float(max(high, vertex_lr)))
+        loss_interval = (float(min(loss_low, vertex_loss)), float(max(loss_high, vertex_loss)))
 
     return LROptimum(
         lr=vertex_lr if inside else math.nan,
@@ -258,17 +433,22 @@ def fit_lr_optimum(
         loss_interval=loss_interval,
         vertex_lr=vertex_lr,
         vertex_loss=vertex_loss,
-        best_lr=float(lr_array[best]),
-        best_loss=float(loss_array[best]),
+        best_lr=float(best_lr),
+        best_loss=float(best_loss),
         coefficients=(float(a), float(b_full), float(c_full)),
-        lrs=lr_array,
-        losses=loss_array,
+        lrs=lr_fit,
+        losses=loss_fit,
         residuals=residuals,
         rms_residual=float(np.sqrt(np.mean(residuals**2))),
         n_points=int(lr_array.size),
         dropped=dropped,
         bootstrap=int(bootstrap),
         bootstrap_failures=failures,
+        n_fit=int(lr_fit.size),
+        excluded=int(lr_array.size - lr_fit.size),
+        reliable=unreliable is None,
+        unreliable=unreliable,
+        noise=float(noise),
     )
 
 
@@ -296,19 +476,28 @@ class SensitivityResult:
 
 
 def sweep_sensitivity(
-    lrs: ArrayLike, losses: ArrayLike, k: int, *, seed: int = 0
+    lrs: ArrayLike,
+    losses: ArrayLike,
+    k: int,
+    *,
+    window: int | None = DEFAULT_WINDOW,
+    seed: int = 0,
 ) -> SensitivityResult:
-    """Fit every k-subset of a sweep and compare its optimum with the all-point fit (METHOD.md 6).
+    """Fit every k-subset of the points an optimum is fitted to (``window``, as in
+    :func:`fit_lr_optimum`) and compare its optimum with the fit to all of them (METHOD.md 6).
 
     Subsets whose parabola opens downward have no optimum; they are counted (``n_subsets -
     n_valid``) and left out of the means. The vertex is used even outside the subset's range,
     since the question is how far a k-point sweep would move the answer.
     """
-    lr_array, loss_array, _ = _clean_sweep(lrs, losses)
+    _clean_sweep(lrs, losses)
+    lr_all, loss_all = _paired(lrs, losses, "lrs", "losses")
+    chosen = _window(lr_all, loss_all, window)
+    lr_array, loss_array = lr_all[chosen], loss_all[chosen]
     n = lr_array.size
     if not 3 <= k <= n:
-        raise ValueError(f"k must be between 3 and the number of sweep points ({n}), got {k}")
-    full = fit_lr_optimum(lr_array, loss_array, bootstrap=0)
+        raise ValueError(f"k must be between 3 and the number of points fitted ({n}), got {k}")
+    full = fit_lr_optimum(lr_array, loss_array, window=None, bootstrap=0)
     if not math.isfinite(full.vertex_lr):
         raise ValueError(
             "the all-point fit has no minimum (a <= 0), so there is nothing to compare subsets "
@@ -452,6 +641,13 @@ def fit_power_law(x: ArrayLike, y: ArrayLike) -> PowerLawFit:
         raise ValueError(
             f"a power law needs at least 2 distinct scales, got {np.unique(x_array).size}; "
             "sweep at more than one scale (tokens, batch, depth or width)"
+        )
+    if np.unique(x_array).size == 2:
+        warnings.warn(
+            "a power law through 2 scales fits them exactly: its exponent carries no check and no "
+            "error; sweep at least 3 scales",
+            FewPointsWarning,
+            stacklevel=2,
         )
     coefficient, exponent, stderr, loglog_coefficient, loglog_exponent = _power_law_both(
         x_array, y_array
@@ -646,6 +842,13 @@ def fit_loss_vs_compute(flops: ArrayLike, losses: ArrayLike, offset: bool = True
             f"fitting loss against compute {'with' if offset else 'without'} an offset needs at "
             f"least {needed} distinct compute values, got {distinct}{hint}"
         )
+    if distinct == needed:
+        warnings.warn(
+            f"loss against compute {'with' if offset else 'without'} an offset through {distinct} "
+            "compute values fits them exactly: the curve carries no check; add compute points",
+            FewPointsWarning,
+            stacklevel=2,
+        )
     # Work with C / C_ref so the amplitude is O(loss): A = A_scaled * C_ref^b.
     c_ref = float(np.exp(np.mean(np.log(flop_array))))
     scaled = flop_array / c_ref
@@ -705,3 +908,57 @@ def leverage(curve: ComputeCurve, flops: ArrayLike, losses: ArrayLike) -> np.nda
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = flop_array / needed
     return np.where(np.isfinite(ratio) & (ratio > 0), ratio, math.nan)
+
+
+def interpolated_leverage(
+    flops: ArrayLike,
+    losses: ArrayLike,
+    baseline_flops: ArrayLike,
+    baseline_losses: ArrayLike,
+    *,
+    extrapolate: float = 0.5,
+) -> np.ndarray:
+    """Compute leverage by local interpolation between measured points, no curve fit.
+
+    The method's points ``(flops, losses)`` are joined piecewise linearly in (ln C, L). For each
+    baseline point the compute at which that line reaches the baseline's loss is read off, and
+    the leverage is ``C_baseline / C_method``. Beyond the method's measured losses the end
+    segment is continued, at most ``extrapolate`` times its length in ln C; further out, or where
+    the segment does not fall, the value is NaN.
+    """
+    flop_array, loss_array = _paired(flops, losses, "flops", "losses")
+    base_flops, base_losses = _paired(baseline_flops, baseline_losses, "flops", "losses")
+    keep = np.isfinite(flop_array) & np.isfinite(loss_array) & (flop_array > 0)
+    order = np.argsort(flop_array[keep])
+    log_c, level = np.log(flop_array[keep][order]), loss_array[keep][order]
+    out = np.full(base_flops.shape, math.nan)
+    if log_c.size < 2:
+        return out
+    for index, (target_flops, target) in enumerate(zip(base_flops, base_losses)):
+        found = _crossing(log_c, level, target, extrapolate)
+        if math.isfinite(found) and target_flops > 0:
+            out[index] = target_flops / math.exp(found)
+    return out
+
+
+def _crossing(log_c: np.ndarray, level: np.ndarray, target: float, extrapolate: float) -> float:
+    """ln C where the piecewise-linear (ln C, L) line first reaches ``target`` (NaN if never)."""
+    if not math.isfinite(target):
+        return math.nan
+    for i in range(log_c.size - 1):
+        low, high = sorted((level[i], level[i + 1]))
+        if low <= target <= high and level[i] != level[i + 1]:
+            share = (target - level[i]) / (level[i + 1] - level[i])
+            return float(log_c[i] + share * (log_c[i + 1] - log_c[i]))
+    # Outside the measured losses: continue the end segment the target lies beyond.
+    first_slope = (level[1] - level[0]) / (log_c[1] - log_c[0])
+    last_slope = (level[-1] - level[-2]) / (log_c[-1] - log_c[-2])
+    if target > max(level) and first_slope < 0:
+        step = (target - level[0]) / first_slope
+        limit = -extrapolate * (log_c[1] - log_c[0])
+        return float(log_c[0] + step) if step >= limit else math.nan
+    if target < min(level) and last_slope < 0:
+        step = (target - level[-1]) / last_slope
+        limit = extrapolate * (log_c[-1] - log_c[-2])
+        return float(log_c[-1] + step) if step <= limit else math.nan
+    return math.nan

@@ -21,7 +21,9 @@ __all__ = [
     "FailedRun",
     "Records",
     "columns",
+    "json_safe",
     "load_records",
+    "read_metrics",
     "record_value",
 ]
 
@@ -29,10 +31,17 @@ __all__ = [
 @dataclass(frozen=True)
 class FailedRun:
     """A run directory without ``summary.json`` (failed, running or interrupted); ``error`` is the
-    last line of ``error.txt`` when there is one."""
+    last line of ``error.txt`` when there is one; ``config`` the run's ``config.json`` when the
+    trainer got as far as writing it (so a failed run still says what it was)."""
 
     path: str
     error: str
+    config: dict[str, Any] | None = None
+
+    @property
+    def diverged(self) -> bool:
+        """The trainer stopped because the loss became NaN or infinite."""
+        return "TrainingDiverged" in self.error or "loss became" in self.error
 
 
 @dataclass
@@ -99,7 +108,8 @@ def _read_run_dir(path: Path) -> dict[str, Any] | FailedRun:
             error = "no summary.json yet (running, or interrupted)"
         else:
             error = "no summary.json (unfinished or failed)"
-        return FailedRun(str(path), error)
+        config = _read_json(path / "config.json") if (path / "config.json").is_file() else None
+        return FailedRun(str(path), error, config if isinstance(config, dict) else None)
     record = _read_json(summary_path)
     if not isinstance(record, dict):
         raise ValueError(f"{summary_path} must hold a JSON object")
@@ -194,3 +204,34 @@ def columns(records: Sequence[dict[str, Any]]) -> list[str]:
             if not key.startswith("_") and key != "config":
                 seen.setdefault(key, None)
     return list(seen)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf become None and numpy values plain numbers and lists, so the output is strict
+    JSON (the one sanitizer for everything written as results)."""
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if hasattr(value, "tolist") and not isinstance(value, str):  # numpy arrays and scalars
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """A run directory's ``metrics.jsonl``: one dict per logged step (empty when absent). A
+    line cut short by a crash mid-write is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows

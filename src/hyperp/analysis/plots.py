@@ -10,10 +10,13 @@ import io
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
+from hyperp.analysis.fits import LROptimum
 from hyperp.analysis.study import (
     ComputeResult,
     GroupResult,
@@ -24,10 +27,15 @@ from hyperp.analysis.study import (
 from hyperp.fileio import atomic_write_bytes
 
 __all__ = [
+    "LRCurve",
+    "Trend",
+    "TrendPanel",
     "plot_leverage",
     "plot_loss_vs_compute",
+    "plot_lr_curves",
     "plot_lr_sweeps",
     "plot_power_laws",
+    "plot_trends",
     "save_figure",
 ]
 
@@ -51,6 +59,163 @@ def save_figure(figure: Figure, path: str | os.PathLike[str], *, dpi: int = 120)
     atomic_write_bytes(path, buffer.getvalue())
 
 
+@dataclass
+class LRCurve:
+    """One LR curve to draw: its points, the fit (parabola over the LRs fitted, and the
+    optimum), and the optimum's interval (default: the fit's own)."""
+
+    label: str
+    lrs: np.ndarray
+    losses: np.ndarray
+    fit: LROptimum | None = None
+    interval: tuple[float, float] | None = None
+
+
+@dataclass
+class Trend:
+    """A series against a scale: points with optional interval bars; ``hollow`` marks points
+    that are not estimates in full (e.g. a best observed point where no fit was usable)."""
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+    hollow: np.ndarray | None = None
+    linestyle: str = "-"
+
+
+@dataclass
+class TrendPanel:
+    title: str
+    x_label: str
+    y_label: str
+    trends: list[Trend] = field(default_factory=list)
+    log_x: bool = True
+    log_y: bool = True
+    hline: float | None = None  # a reference level (e.g. leverage 1)
+
+
+def _grid(panels: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
+    columns = min(max(panels, 1), 3)
+    rows = math.ceil(max(panels, 1) / columns)
+    figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    axes_list = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axes in axes_list[panels:]:
+        axes.set_visible(False)
+    return figure, axes_list
+
+
+def _draw_optimum(axes, fit: LROptimum, interval, color: str) -> None:
+    if fit.usable:
+        low, high = interval if interval is not None else fit.lr_interval
+        error = None
+        if math.isfinite(low) and math.isfinite(high):
+            error = [[max(fit.lr - low, 0.0)], [max(high - fit.lr, 0.0)]]
+        axes.errorbar(
+            [fit.lr],
+            [fit.loss],
+            xerr=error,
+            color=color,
+            marker="*",
+            markersize=11,
+            capsize=3,
+            linestyle="none",
+        )
+    else:
+        # No usable optimum: the best observed point, drawn open.
+        axes.plot(
+            [fit.best_lr],
+            [fit.best_loss],
+            marker="o",
+            markersize=10,
+            markerfacecolor="none",
+            color=color,
+            linestyle="none",
+        )
+
+
+def plot_lr_curves(
+    panels: Sequence[tuple[str, Sequence[LRCurve]]],
+    *,
+    x_label: str = "learning rate",
+    y_label: str = "validation loss",
+    title: str = "Loss against learning rate (stars: fitted optima, open circles: no usable optimum)",
+) -> Figure:
+    """Loss against LR, one panel per (title, curves), one colour per curve: the points, the
+    parabola over the LRs it was fitted to, and the optimum with its interval."""
+    figure, axes_list = _grid(len(panels), 5.0, 3.9)
+    for axes, (panel_title, curves) in zip(axes_list, panels):
+        for index, curve in enumerate(curves):
+            color = f"C{index % 10}"
+            finite = np.isfinite(curve.losses)
+            axes.scatter(
+                curve.lrs[finite], curve.losses[finite], color=color, s=16, label=curve.label
+            )
+            if curve.fit is None:
+                continue
+            lo, hi = curve.fit.lr_range
+            grid = np.exp(np.linspace(np.log(lo), np.log(hi), 80))
+            axes.plot(grid, curve.fit.curve(grid), color=color, linewidth=1.1)
+            _draw_optimum(axes, curve.fit, curve.interval, color)
+        axes.set_xscale("log")
+        axes.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short ranges
+        axes.set_xlabel(x_label)
+        axes.set_ylabel(y_label)
+        axes.set_title(panel_title, fontsize=9)
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def plot_trends(panels: Sequence[TrendPanel], *, title: str = "") -> Figure:
+    """Series against a scale, one panel each, with interval bars and open (hollow) points."""
+    figure, axes_list = _grid(len(panels), 4.8, 3.7)
+    for axes, panel in zip(axes_list, panels):
+        for index, trend in enumerate(panel.trends):
+            color = f"C{index % 10}"
+            x, y = np.asarray(trend.x, dtype=float), np.asarray(trend.y, dtype=float)
+            axes.plot(
+                x, y, color=color, linestyle=trend.linestyle, linewidth=1.1, label=trend.label
+            )
+            if trend.low is not None and trend.high is not None:
+                low = np.asarray(trend.low, dtype=float)
+                high = np.asarray(trend.high, dtype=float)
+                ok = np.isfinite(low) & np.isfinite(high) & np.isfinite(y)
+                error = np.array([np.maximum(y - low, 0), np.maximum(high - y, 0)])[:, ok]
+                axes.errorbar(x[ok], y[ok], yerr=error, color=color, capsize=3, linestyle="none")
+            hollow = (
+                np.zeros(x.size, dtype=bool) if trend.hollow is None else np.asarray(trend.hollow)
+            )
+            axes.plot(x[~hollow], y[~hollow], marker="o", color=color, linestyle="none")
+            axes.plot(
+                x[hollow],
+                y[hollow],
+                marker="o",
+                markerfacecolor="none",
+                color=color,
+                linestyle="none",
+            )
+        if panel.hline is not None:
+            axes.axhline(panel.hline, color="gray", linewidth=0.8, linestyle=":")
+        if panel.log_x:
+            axes.set_xscale("log")
+            axes.xaxis.set_minor_formatter(NullFormatter())
+        if panel.log_y:
+            axes.set_yscale("log")
+            axes.yaxis.set_minor_formatter(NullFormatter())
+        axes.set_xlabel(panel.x_label)
+        axes.set_ylabel(panel.y_label)
+        axes.set_title(panel.title, fontsize=9)
+        axes.grid(True, which="both", alpha=0.3)
+        if panel.trends:
+            axes.legend(fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
 def _family_of(group: GroupResult, scale_axis: str) -> str:
     return format_key({k: v for k, v in group.key.items() if k != scale_axis}) or "all runs"
 
@@ -60,66 +225,12 @@ def plot_lr_sweeps(
 ) -> Figure:
     """Loss against LR, one panel per family (group minus the scale axis), one colour per group:
     the points, the fitted parabola, and the optimum with its bootstrap interval."""
-    families: dict[str, list[GroupResult]] = {}
+    families: dict[str, list[LRCurve]] = {}
     for group in groups:
-        families.setdefault(_family_of(group, scale_axis), []).append(group)
-    panels = max(len(families), 1)
-    columns = min(panels, 3)
-    rows = math.ceil(panels / columns)
-    figure = Figure(figsize=(5.2 * columns, 4.0 * rows))
-    axes_list = figure.subplots(rows, columns, squeeze=False).ravel()
-    for axes, (family, members) in zip(axes_list, families.items()):
-        colors = [f"C{i % 10}" for i in range(len(members))]
-        for color, group in zip(colors, members):
-            label = format_key({k: v for k, v in group.key.items() if k == scale_axis})
-            label = label or group.label or "runs"
-            finite = np.isfinite(group.y)
-            axes.scatter(group.x[finite], group.y[finite], color=color, s=18, label=label)
-            optimum = group.optimum
-            if optimum is None:
-                continue
-            lo, hi = optimum.lr_range
-            grid = np.exp(np.linspace(np.log(lo), np.log(hi), 100))
-            axes.plot(grid, optimum.curve(grid), color=color, linewidth=1.2)
-            if optimum.inside:
-                interval = optimum.lr_interval
-                error = None
-                if all(math.isfinite(v) for v in interval):
-                    error = [
-                        [max(optimum.lr - interval[0], 0.0)],
-                        [max(interval[1] - optimum.lr, 0.0)],
-                    ]
-                axes.errorbar(
-                    [optimum.lr],
-                    [optimum.loss],
-                    xerr=error,
-                    color=color,
-                    marker="*",
-                    markersize=11,
-                    capsize=3,
-                    linestyle="none",
-                )
-            else:
-                # No optimum: mark the best observed point with an open marker.
-                axes.plot(
-                    [optimum.best_lr],
-                    [optimum.best_loss],
-                    marker="o",
-                    markersize=10,
-                    markerfacecolor="none",
-                    color=color,
-                    linestyle="none",
-                )
-        axes.set_xscale("log")
-        axes.set_xlabel(_nice(x))
-        axes.set_ylabel(_nice(y))
-        axes.set_title(family, fontsize=10)
-        axes.grid(True, which="both", alpha=0.3)
-        axes.legend(fontsize=8)
-    for axes in axes_list[len(families) :]:
-        axes.set_visible(False)
-    figure.suptitle("Loss against learning rate (stars: fitted optima, open circles: no optimum)")
-    return figure
+        label = format_key({k: v for k, v in group.key.items() if k == scale_axis})
+        curve = LRCurve(label or group.label or "runs", group.x, group.y, group.optimum)
+        families.setdefault(_family_of(group, scale_axis), []).append(curve)
+    return plot_lr_curves(list(families.items()), x_label=_nice(x), y_label=_nice(y))
 
 
 def plot_power_laws(laws: Sequence[PowerLawResult], *, x: str = "lr") -> Figure:

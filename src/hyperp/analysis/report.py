@@ -7,8 +7,6 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
-
 from hyperp.analysis.study import Study
 from hyperp.fileio import atomic_write_text
 
@@ -43,16 +41,26 @@ def _summary_lines(study: Study, markdown: bool) -> list[str]:
             note = group.error or ""
             row = [group.label or "all", str(group.x.size), "n/a", "n/a", "n/a", "n/a", "n/a"]
         else:
+            low, high = optimum.lr_interval
             interval = (
-                f"[{_g(optimum.lr_interval[0])}, {_g(optimum.lr_interval[1])}]"
+                "unbounded"
+                if low == 0 or math.isinf(high)
+                else f"[{_g(low)}, {_g(high)}]"
                 if all(math.isfinite(v) for v in optimum.lr_interval)
                 else "n/a (no bootstrap)"
                 if optimum.bootstrap == 0
-                else "n/a (needs 4+ LRs)"
-                if np.unique(optimum.lrs).size < 4
+                else "n/a (needs 4+ points fitted)"
+                if optimum.n_fit < 4
                 else "n/a"
             )
             note = optimum.reason or ""
+            if optimum.inside and not optimum.reliable:
+                note = f"UNRELIABLE: {optimum.unreliable}"
+            if optimum.excluded:
+                note = (
+                    f"fitted {optimum.n_fit} points around the best, {optimum.excluded} outside "
+                    f"the window left out. {note}"
+                ).strip()
             if optimum.dropped:
                 note = f"{optimum.dropped} non-finite loss(es) left out. {note}".strip()
             row = [
@@ -69,6 +77,11 @@ def _summary_lines(study: Study, markdown: bool) -> list[str]:
         else:
             if optimum is None:
                 text = f"{bullet}{row[0]}: no fit (n={row[1]})"
+            elif optimum.inside and not optimum.reliable:
+                text = (
+                    f"{bullet}{row[0]}: unreliable fit ({options.x}*={row[2]}, loss*={row[4]}); "
+                    f"best observed {row[5]}, n={row[1]}"
+                )
             elif optimum.inside:
                 text = (
                     f"{bullet}{row[0]}: {options.x}*={row[2]} {row[3]}, loss*={row[4]}, "

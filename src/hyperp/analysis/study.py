@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -16,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from hyperp.analysis.fits import (
+    DEFAULT_WINDOW,
     ComputeCurve,
+    FewPointsWarning,
     LROptimum,
     OffsetPowerLawFit,
     PowerLawFit,
@@ -28,7 +31,7 @@ from hyperp.analysis.fits import (
     leverage,
     sweep_sensitivity,
 )
-from hyperp.analysis.io import columns, record_value
+from hyperp.analysis.io import columns, json_safe, record_value
 
 __all__ = [
     "AUTO_GROUP_KEYS",
@@ -66,6 +69,7 @@ class FitOptions:
     target_loss: float | None = None
     target_flops: float | None = None
     offset: bool | None = None  # None: offset curve when a method has >= 4 compute points
+    window: int | None = DEFAULT_WINDOW  # distinct LRs fitted each side of the best (None: all)
     bootstrap: int = 1000
     seed: int = 0
 
@@ -87,9 +91,9 @@ class GroupResult:
 
     @property
     def compute_loss(self) -> tuple[float, str]:
-        """The group's loss for loss-against-compute: the fitted optimum when one exists inside
-        the sweep, else the best observed loss."""
-        if self.optimum is not None and self.optimum.inside:
+        """The group's loss for loss-against-compute: the fitted optimum when it is usable
+        (inside the sweep, reliable fit), else the best observed loss."""
+        if self.optimum is not None and self.optimum.usable:
             return self.optimum.loss, "fitted optimum"
         finite = self.y[np.isfinite(self.y)]
         return (float(finite.min()), "best observed") if finite.size else (math.nan, "none")
@@ -223,7 +227,7 @@ class Study:
     failed: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(
+        return json_safe(
             {
                 "options": asdict(self.options),
                 "group_by": self.group_by,
@@ -246,19 +250,6 @@ def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf become None and numpy scalars plain numbers, so the output is strict JSON."""
-    if isinstance(value, dict):
-        return {str(key): _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _hashable(value: Any) -> Any:
@@ -367,15 +358,21 @@ def analyze(
             group.method = str(methods.pop())
         try:
             group.optimum = fit_lr_optimum(
-                group.x, group.y, bootstrap=options.bootstrap, seed=options.seed
+                group.x,
+                group.y,
+                window=options.window,
+                bootstrap=options.bootstrap,
+                seed=options.seed,
             )
         except ValueError as error:
             group.error = str(error)
         if group.optimum is not None and math.isfinite(group.optimum.vertex_lr):
-            for k in range(3, group.optimum.n_points):
+            for k in range(3, group.optimum.n_fit):
                 try:
                     group.sensitivity.append(
-                        sweep_sensitivity(group.x, group.y, k, seed=options.seed)
+                        sweep_sensitivity(
+                            group.x, group.y, k, window=options.window, seed=options.seed
+                        )
                     )
                 except ValueError as error:  # e.g. fewer distinct LRs than points
                     messages.append(f"{group.label}: sensitivity k={k}: {error}")
@@ -416,7 +413,7 @@ def _power_laws(
     for family, members in families.items():
         result = PowerLawResult(family=dict(family), axis=axis, target=options.target)
         numeric = [g for g in members if _as_float(g.key[axis]) > 0]
-        usable = [g for g in numeric if g.optimum is not None and g.optimum.inside]
+        usable = [g for g in numeric if g.optimum is not None and g.optimum.usable]
         if len(numeric) < len(members):
             messages.append(
                 f"power law ({result.label}): {axis} must be a positive number; left out "
@@ -425,13 +422,16 @@ def _power_laws(
         without = [g.label for g in numeric if g not in usable]
         if without:
             messages.append(
-                f"power law ({result.label}): left out groups without an optimum inside their "
-                f"sweep: {'; '.join(without)}"
+                f"power law ({result.label}): left out groups without a usable optimum (none "
+                f"inside the sweep, or an unreliable fit): {'; '.join(without)}"
             )
         try:
-            result.fit = fit_power_law(
-                [_as_float(g.key[axis]) for g in usable], [g.optimum.lr for g in usable]
-            )
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", FewPointsWarning)
+                result.fit = fit_power_law(
+                    [_as_float(g.key[axis]) for g in usable], [g.optimum.lr for g in usable]
+                )
+            messages += [f"power law ({result.label}): {w.message}" for w in caught]
             result.lr_intervals = [g.optimum.lr_interval for g in usable]
         except ValueError as error:
             result.error = str(error)
@@ -471,15 +471,18 @@ def _compute_curves(
             options.offset if options.offset is not None else distinct >= MIN_POINTS_FOR_OFFSET
         )
         errors = []
-        try:
-            result.power_curve = fit_loss_vs_compute(flops, losses, offset=False)
-        except ValueError as error:
-            errors.append(str(error))
-        if distinct >= 3:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FewPointsWarning)
             try:
-                result.offset_curve = fit_loss_vs_compute(flops, losses, offset=True)
+                result.power_curve = fit_loss_vs_compute(flops, losses, offset=False)
             except ValueError as error:
                 errors.append(str(error))
+            if distinct >= 3:
+                try:
+                    result.offset_curve = fit_loss_vs_compute(flops, losses, offset=True)
+                except ValueError as error:
+                    errors.append(str(error))
+        messages += [f"{method}: {w.message}" for w in caught]
         if want_offset and result.offset_curve is not None:
             result.preferred = "offset"
         elif result.power_curve is not None:

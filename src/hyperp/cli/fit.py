@@ -21,9 +21,13 @@ Defaults:
   --flops-column flops.
   --group-by: the method column plus whichever of group, depth, width, tokens, batch_tokens,
     seq_len take more than one value.
-  For each group: the LR optimum (quadratic in ln LR, 1000-sample bootstrap 95% interval),
-    reported only when inside the swept range; sensitivity for every k from 3 to n-1.
-  Power law of the optimum against --scale-axis within each family of groups.
+  For each group: the LR optimum (quadratic in ln LR fitted to the --window distinct LRs on each
+    side of the best point, so diverged and far-off points do not bend it; 1000-sample residual
+    bootstrap 95% interval), reported only when inside the LRs fitted, and flagged UNRELIABLE
+    when its minimum lies below every observed loss by more than the grid and the noise allow,
+    or the parabola fits its window poorly; sensitivity for every k from 3 to n-1.
+  Power law of the optimum against --scale-axis within each family of groups, from reliable
+    optima only (a power law through 2 scales is noted: it fits them exactly).
   Loss against compute per method (each group contributes its fitted optimum loss, or its best
     observed loss when there is none): A*C^-b + E with 4+ points, else A*C^-b.
   Leverage of every other method over the baseline (muon, else adamw, unless --baseline).
@@ -75,6 +79,12 @@ def register(sub) -> None:
         "--no-offset", dest="offset", action="store_false", help="always fit A*C^-b"
     )
     parser.add_argument(
+        "--window",
+        type=int,
+        default=2,
+        help="distinct LRs fitted on each side of the best point (default 2; 0: all points)",
+    )
+    parser.add_argument(
         "--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000; 0: none)"
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -88,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 0:
         raise UserError("--bootstrap must be 0 or more")
+    if args.window < 0:
+        raise UserError("--window must be 0 (every point) or more")
     group_by = None
     if args.group_by is not None:
         group_by = [name.strip() for name in args.group_by.split(",") if name.strip()]
@@ -104,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         target_loss=args.target_loss,
         target_flops=args.target_flops,
         offset=args.offset,
+        window=args.window or None,
         bootstrap=args.bootstrap,
         seed=args.seed,
     )

@@ -13,7 +13,7 @@ from hyperp.rules import ModelScale
 
 __all__ = ["HEAD_INIT_RULES", "ModelConfig"]
 
-HEAD_INIT_RULES = ("fixed", "inverse_width")
+HEAD_INIT_RULES = ("fixed", "inverse_width", "logit_scale")
 
 
 @dataclass
@@ -203,9 +203,13 @@ class ModelConfig:
     @property
     def head_std(self) -> float:
         """Output head init std after the width rule (METHOD.md 3): ``fixed`` keeps
-        ``head_init_std``; ``inverse_width`` uses ``head_init_std * base_width / width``."""
+        ``head_init_std``; ``inverse_width`` uses ``head_init_std * base_width / width``;
+        ``logit_scale`` uses ``head_init_std * sqrt(base_width / width)``, which holds the initial
+        logit std ``head_std * sqrt(width)`` at its value at ``base_width``."""
         if self.head_init_rule == "inverse_width":
             return self.head_init_std * self.base_width / self.width
+        if self.head_init_rule == "logit_scale":
+            return self.head_init_std * math.sqrt(self.base_width / self.width)
         return self.head_init_std
 
     # ----- counts -----------------------------------------------------------------------------

@@ -71,6 +71,7 @@ def build_optimizer(
     *,
     weight_decay: float = 0.0,
     depth_ratio: float = 1.0,
+    width_ratio: float = 1.0,
     momentum: float = 0.95,
     betas: tuple[float, float] = (0.9, 0.95),
     eps: float = 1e-8,
@@ -89,8 +90,8 @@ def build_optimizer(
       the sphere groups only.
     - ``"muon"``: the Muon baseline on hidden matrices with independent decay
       ``weight_decay · depth_ratio`` (``depth_ratio = d0/d``); Adam without decay elsewhere.
-    - ``"adamw"``: AdamW everywhere, muP-style: matrices at ``lr · depth_ratio``; decay on
-      matrices and head.
+    - ``"adamw"``: AdamW everywhere, muP-style: matrices at ``lr · depth_ratio · width_ratio``
+      (``width_ratio = n0/n``, the base width over this width); decay on matrices and head.
 
     Every group starts at its own fraction of ``lr``, so any ``torch.optim.lr_scheduler`` (which
     scales each group's initial LR) drives them together. Under DDP pass the data-parallel
@@ -135,5 +136,5 @@ def build_optimizer(
         elif method == "adamw" and role in (Role.MATRIX, Role.HEAD):
             group["weight_decay"] = weight_decay
             if role is Role.MATRIX:
-                group["lr"] = lr * depth_ratio
+                group["lr"] = lr * depth_ratio * width_ratio
     return GroupedOptimizer(groups, replicate_group=replicate_group, **common)

@@ -199,6 +199,7 @@ class RunPlan:
     flops: float
     depth_ratio: float
     explanation: tuple[str, ...]
+    width_ratio: float = 1.0  # n0/n: the AdamW baseline's muP matrix-LR factor (METHOD 2.5)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -342,6 +343,7 @@ class RunConfig:
             flops=scale.flops_per_token * tokens,
             depth_ratio=base_scale.depth / model.depth,
             explanation=explanation,
+            width_ratio=base_scale.width / model.width,
         )
 
 

@@ -642,6 +642,7 @@ def _optimizer(config: RunConfig, plan: RunPlan, model, roles, parallel, ns_dtyp
         plan.lr,
         weight_decay=optim.weight_decay,
         depth_ratio=plan.depth_ratio,
+        width_ratio=plan.width_ratio,
         momentum=optim.momentum,
         betas=(optim.beta1, optim.beta2),
         eps=optim.eps,

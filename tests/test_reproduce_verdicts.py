@@ -1,0 +1,274 @@
+"""Verdicts on synthetic run directories whose truth is known: an interval inside the region
+where a claim holds, one outside it, one straddling its edge; and the regime qualifier.
+
+The run directories are laid out exactly as `hyperp reproduce --quick` lays them out (the
+runner computes each curve's directory and LRs, derived settings included), with losses drawn
+from a known model, so the real analysis path reads them: no training."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hyperp.reproduce import judge
+from hyperp.reproduce.catalogue import CLAIMS, Region, study
+from hyperp.reproduce.measures import (
+    analyze_compute,
+    analyze_tokens,
+    analyze_weight_decay,
+    analyze_width,
+)
+from hyperp.reproduce.runner import Runner
+from hyperp.sweep import run_name
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_runner(out: Path) -> Runner:
+    return Runner(
+        size="quick",
+        studies_dir=ROOT / "studies",
+        out=out,
+        settings={},
+        workers=1,
+        threads_per_worker=1,
+        train=False,
+        log=lambda message: None,
+    )
+
+
+def write_run(curve, runner, lr: float, seed: int, loss: float, *, in_regime: bool) -> None:
+    """A finished run directory as the trainer leaves it (config.json, summary.json)."""
+    overrides = {**curve.spec.settings}
+    if curve.lr_key:
+        overrides[curve.lr_key] = lr
+    config = runner._config(curve.spec, {curve.lr_key: lr} if curve.lr_key else {})
+    config = replace(config, train=replace(config.train, seed=seed))
+    plan = config.plan()
+    tokens = plan.tokens
+    steps = plan.steps
+    if in_regime:  # pretend the run was long: 60 tokens per parameter, 6000 steps
+        tokens, steps = 60 * plan.params, 6000
+    directory = curve.directory / run_name({curve.lr_key or "lr": lr, "train.seed": seed})
+    directory.mkdir(parents=True, exist_ok=True)
+    resolved = {**config.to_dict(), "plan": plan.to_dict()}
+    (directory / "config.json").write_text(json.dumps(resolved))
+    summary = {
+        "status": "finished",
+        "val_loss": loss,
+        "params": plan.params,
+        "tokens": tokens,
+        "steps": steps,
+        "flops": plan.flops,
+        "wall_time_s": 1.0,
+        "config": config.to_dict(),
+    }
+    (directory / "summary.json").write_text(json.dumps(summary))
+
+
+def lr_curve_runs(runner, curve, optimum, rng, *, noise, in_regime, floor=4.0):
+    """A quadratic in ln(lr) around ``optimum`` at every LR and seed of the curve."""
+    offsets = {seed: rng.normal(0, 0.05) for seed in curve.seeds}
+    for lr in curve.lrs:
+        for seed in curve.seeds:
+            loss = floor + 0.2 * math.log(lr / optimum) ** 2 + offsets[seed]
+            write_run(curve, runner, lr, seed, loss + rng.normal(0, noise), in_regime=in_regime)
+
+
+def claim_of(result, key):
+    return next(c for c in result.claims if c["key"] == key)
+
+
+# --- judge(): both ways, each region kind --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("region", "interval", "outcome"),
+    [
+        (Region(1 / 1.3, 1.3), (0.9, 1.2), "holds"),
+        (Region(1 / 1.3, 1.3), (1.4, 2.0), "contradicted"),
+        (Region(1 / 1.3, 1.3), (1.1, 1.5), "not resolved"),
+        (Region(1.0), (1.2, 1.9), "holds"),
+        (Region(1.0), (0.5, 0.9), "contradicted"),
+        (Region(1.0), (0.8, 1.3), "not resolved"),
+        (Region(1 / 1.3, 1.3, outside=True), (1.5, 3.0), "holds"),
+        (Region(1 / 1.3, 1.3, outside=True), (0.9, 1.1), "contradicted"),
+        (Region(1 / 1.3, 1.3, outside=True), (1.2, 1.6), "not resolved"),
+        (Region(1 / 1.3, 1.3), (-math.inf, math.inf), "not resolved"),
+    ],
+)
+def test_three_way_outcome(region, interval, outcome):
+    claim = next(c for c in CLAIMS if c.key == "width_logit_scale")
+    claim = type(claim)(**{**claim.__dict__, "region": region})
+    estimate = sum(v for v in interval if math.isfinite(v)) / 2 if math.isfinite(interval[0]) else 1
+    assert judge(claim, estimate, interval, inside_regime=True).outcome == outcome
+
+
+def test_regime_turns_a_contradiction_into_outside_the_regime():
+    drift = next(c for c in CLAIMS if c.key == "width_logit_scale")
+    assert judge(drift, 2.0, (1.6, 2.5), inside_regime=True).text == "contradicted"
+    outside = judge(drift, 2.0, (1.6, 2.5), inside_regime=False)
+    assert outside.text == "outside the paper's regime (contradicted at this scale)"
+    assert not outside.resolved
+    holds = judge(drift, 1.0, (0.9, 1.1), inside_regime=False)
+    assert holds.text == "holds at this scale (outside the paper's regime)"
+    # A property of the code does not depend on the regime.
+    code = next(c for c in CLAIMS if c.key == "decay_sphere")
+    assert judge(code, 0.001, (-0.005, 0.006), inside_regime=False).text == "holds"
+    missing = judge(drift, math.nan, (math.nan, math.nan), inside_regime=True, missing="x")
+    assert missing.outcome == "not resolved" and "x" in missing.text
+
+
+# --- Width: three head rules, three truths -------------------------------------------------
+
+
+@pytest.mark.parametrize("in_regime", [False, True])
+def test_width_verdicts_follow_the_true_drift(tmp_path, in_regime):
+    runner = make_runner(tmp_path / "runs")
+    item = study("width")
+    rng = np.random.default_rng(0)
+    truths = {
+        # exponent of lr* against width: drift over 32 -> 128 is 4^exponent
+        "logit_scale": (0.0, 0.005),  # no drift: holds
+        "fixed": (-0.6, 0.005),  # drift 0.44: contradicted
+        "inverse_width": (-math.log(1.3) / math.log(4), 0.03),  # at the edge: not resolved
+    }
+    arm = item.arms[0]
+    for curve in runner.curves(arm, item.lr_key):
+        exponent, noise = truths[curve.values["model.head_init_rule"]]
+        optimum = 0.1 * (curve.values["model.width"] / 32) ** exponent
+        lr_curve_runs(runner, curve, optimum, rng, noise=noise, in_regime=in_regime)
+    result = analyze_width(runner, tmp_path / "figures", seed=0)
+    logit = claim_of(result, "width_logit_scale")
+    fixed = claim_of(result, "width_fixed")
+    inverse = claim_of(result, "width_inverse_width")
+    assert logit["estimate"] == pytest.approx(1.0, abs=0.05)
+    assert fixed["estimate"] == pytest.approx(4**-0.6, rel=0.05)
+    assert logit["verdict"]["outcome"] == "holds"
+    assert fixed["verdict"]["outcome"] == "contradicted"
+    assert inverse["verdict"]["outcome"] == "not resolved"
+    low, high = inverse["interval"]
+    assert low < 1 / 1.3 < high  # it straddles the edge of the region
+    if in_regime:
+        assert fixed["verdict"]["text"] == "contradicted"
+    else:
+        assert fixed["verdict"]["text"].startswith("outside the paper's regime")
+        assert logit["verdict"]["text"] == "holds at this scale (outside the paper's regime)"
+    # The baselines have no runs here: their curves are reported as missing, not invented.
+    assert any("weight-decay study" in note for note in result.notes)
+    assert (tmp_path / "figures" / "width_optima.png").stat().st_size > 1000
+
+
+def test_token_exponent_is_recovered_with_an_interval(tmp_path):
+    runner = make_runner(tmp_path / "runs")
+    item = study("tokens")
+    rng = np.random.default_rng(1)
+    curves = [c for arm in item.arms for c in runner.curves(arm, item.lr_key)]
+    tokens = {c.directory: runner._config(c.spec, {}).plan().tokens for c in curves}
+    smallest = min(tokens.values())
+    for curve in curves:
+        optimum = 0.1 * (tokens[curve.directory] / smallest) ** -0.32
+        lr_curve_runs(runner, curve, optimum, rng, noise=0.004, in_regime=False)
+    result = analyze_tokens(runner, tmp_path / "figures", seed=0)
+    claim = claim_of(result, "token_exponent")
+    assert claim["estimate"] == pytest.approx(-0.32, abs=0.03)
+    assert claim["interval"][0] < -0.32 < claim["interval"][1]
+    assert claim["verdict"]["outcome"] == "holds"
+    local = [n for n in result.numbers if n["name"].startswith("local exponent")]
+    assert len(local) == 3  # between each pair of neighbouring budgets
+
+
+# --- Compute leverage: the whole chain of derived settings, read back -------------------
+
+
+def compute_runs(tmp_path, ratio: float, noise: float) -> dict:
+    """Base curves (decay, width), then compute runs where HyperP needs ``ratio`` times less
+    compute than Muon for the same loss; returns the compute study's claims."""
+    runner = make_runner(tmp_path / "runs")
+    rng = np.random.default_rng(2)
+    wd = study("weight_decay")
+    for curve in runner.curves(wd.arms[1], wd.lr_key):  # Muon: decay 0.03 is best
+        floor = 4.0 + 2 * abs(curve.values["optim.weight_decay"] - 0.03)
+        lr_curve_runs(runner, curve, 0.03, rng, noise=0.002, in_regime=False, floor=floor)
+    width = study("width")
+    for arm in width.arms[:2]:
+        for curve in runner.curves(arm, width.lr_key, {"model.width": 32}):
+            lr_curve_runs(
+                runner,
+                curve,
+                0.03 if arm.stem == "width_muon" else 0.08,
+                rng,
+                noise=0.002,
+                in_regime=False,
+            )
+    item = study("compute")
+    scale = None
+    for arm in item.arms:
+        for curve in runner.curves(arm, item.lr_key):
+            assert not curve.missing, curve.missing
+            centre = curve.lrs[list(arm.bracket).index(0)]
+            for lr in curve.lrs:
+                for seed in curve.seeds:
+                    flops = runner._config(curve.spec, {item.lr_key: lr}).plan().flops
+                    scale = scale or flops
+                    effective = flops * (ratio if arm.stem.startswith("compute_hyperp") else 1.0)
+                    loss = 6.0 - 0.25 * math.log(effective / scale)
+                    loss += 0.3 * math.log(lr / centre) ** 2 + 0.05 * seed
+                    write_run(curve, runner, lr, seed, loss + rng.normal(0, noise), in_regime=False)
+    # Muon's decay and logit multiplier name its directories.
+    muon = runner.curves(item.arms[1], item.lr_key)
+    assert [c.derived["model.logit_multiplier"] for c in muon] == [1.0, 0.666667, 0.5]
+    assert all(c.derived["optim.weight_decay"] == 0.03 for c in muon)
+    result = analyze_compute(runner, tmp_path / "figures", seed=0)
+    return {c["key"]: c for c in result.claims} | {"numbers": result.numbers}
+
+
+def test_leverage_holds_when_hyperp_needs_less_compute(tmp_path):
+    claims = compute_runs(tmp_path, ratio=1.5, noise=0.003)
+    for key in ("leverage_transferred", "leverage_best"):
+        assert claims[key]["estimate"] == pytest.approx(1.5, rel=0.05)
+        assert claims[key]["verdict"]["outcome"] == "holds"
+    paired = [n for n in claims["numbers"] if n["name"].startswith("Muon loss minus HyperP")]
+    assert paired and all(n["estimate"] > 0 for n in paired)
+
+
+def test_leverage_is_contradicted_when_hyperp_needs_more(tmp_path):
+    claims = compute_runs(tmp_path, ratio=0.6, noise=0.003)
+    assert claims["leverage_transferred"]["estimate"] == pytest.approx(0.6, rel=0.05)
+    assert claims["leverage_transferred"]["verdict"]["outcome"] == "contradicted"
+
+
+def test_leverage_is_not_resolved_when_noise_swamps_it(tmp_path):
+    claims = compute_runs(tmp_path, ratio=1.05, noise=0.02)
+    low, high = claims["leverage_transferred"]["interval"]
+    assert claims["leverage_transferred"]["verdict"]["outcome"] == "not resolved"
+    assert low < 1.0 < high
+
+
+# --- The MuonH decay check: paired run by run ---------------------------------------------
+
+
+@pytest.mark.parametrize(("shift", "outcome"), [(0.001, "holds"), (0.06, "contradicted")])
+def test_decay_check_pairs_runs_at_the_same_lr_and_seed(tmp_path, shift, outcome):
+    runner = make_runner(tmp_path / "runs")
+    item = study("weight_decay")
+    rng = np.random.default_rng(4)
+    noise = {}  # the same seed and LR give the same run, up to what decay changes
+    for curve in runner.curves(item.arms[0], item.lr_key):
+        decayed = curve.values["optim.weight_decay"] > 0
+        for lr in curve.lrs:
+            for seed in curve.seeds:
+                base = noise.setdefault((lr, seed), rng.normal(0, 0.03))
+                loss = 4.0 + 0.2 * math.log(lr / 0.08) ** 2 + base
+                loss += (shift if decayed else 0.0) + rng.normal(0, 0.002)
+                write_run(curve, runner, lr, seed, loss, in_regime=False)
+    result = analyze_weight_decay(runner, tmp_path / "figures", seed=0)
+    claim = claim_of(result, "decay_sphere")
+    assert claim["estimate"] == pytest.approx(shift, abs=0.005)
+    assert claim["verdict"]["outcome"] == outcome
+    assert claim["verdict"]["inside_regime"]  # a property of the code: no regime qualifier
