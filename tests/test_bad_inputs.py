@@ -566,6 +566,14 @@ def _sweep_file(scene: Scene, text: str) -> list[str]:
     return ["sweep", str(scene.file("grid.toml", text)), "--dry-run"]
 
 
+def _fit(scene: Scene, table: str | bytes) -> list[str]:
+    return ["fit", str(scene.file("results.csv", table))]
+
+
+def _reproduce(scene: Scene, *args: str) -> list[str]:
+    return ["reproduce", "--smoke", "--out", str(scene.path("reproduce")), *args]
+
+
 def _model(**overrides):
     from hyperp.model import ModelConfig, Transformer
 
@@ -719,6 +727,77 @@ MORE_CASES = [
         r"grid.toml: --train.steps 'many' is not a valid int",
     ),
     BadInput(
+        "fit-two-learning-rates",
+        lambda s: _fit(s, "lr,val_loss\n0.01,3.0\n0.02,2.9\n"),
+        r"nothing could be fitted: an LR optimum needs at least 3 distinct learning rates.*add "
+        r"sweep points",
+    ),
+    BadInput(
+        "fit-text-for-loss",
+        lambda s: _fit(s, "lr,val_loss\n0.01,3.0\n0.02,abc\n0.04,2.9\n"),
+        r"results.csv: val_loss 'abc' is not a number; fix the value",
+    ),
+    BadInput(
+        "fit-row-longer-than-header",
+        lambda s: _fit(s, "lr,val_loss\n0.01,3,1\n0.02,2.9\n0.04,2.95\n"),
+        r"results.csv:2 has more fields than the header",
+    ),
+    BadInput(
+        "fit-no-loss-column",
+        lambda s: _fit(s, "lr,los\n0.01,3\n0.02,2.9\n0.04,2.95\n"),
+        r"no record has a val_loss or loss column; name the loss column with --y",
+    ),
+    BadInput(
+        "fit-binary-table",
+        lambda s: _fit(s, bytes(range(256)) * 4),
+        r"results.csv is not a text file",
+    ),
+    BadInput(
+        "fit-broken-json",
+        lambda s: ["fit", str(s.file("results.json", '[{"lr": 0.1,'))],
+        r"results.json is not valid JSON",
+    ),
+    BadInput(
+        "fit-directory-without-runs",
+        lambda s: ["fit", str(s.texts())],
+        r"holds no run directories",
+    ),
+    BadInput(
+        "fit-unknown-file-type",
+        lambda s: ["fit", str(s.file("results.xlsx", "lr\n"))],
+        r"unknown file type '.xlsx'; give a run directory, a sweep directory, or a .csv",
+    ),
+    BadInput(
+        "reproduce-unknown-key",
+        lambda s: _reproduce(s, "--set", "optim.lrr=1"),
+        r"--set: unknown config key optim.lrr; did you mean optim.lr",
+    ),
+    BadInput(
+        "reproduce-text-for-int",
+        lambda s: _reproduce(s, "--set", "train.steps=abc"),
+        r"--train.steps 'abc' is not a valid int",
+    ),
+    BadInput(
+        "reproduce-set-without-value",
+        lambda s: _reproduce(s, "--set", "steps"),
+        r"write --set SECTION.KEY=VALUE",
+    ),
+    BadInput(
+        "reproduce-unknown-study",
+        lambda s: _reproduce(s, "--only", "widht"),
+        r"unknown study 'widht'; choose from .*width",
+    ),
+    BadInput(
+        "reproduce-missing-data",
+        lambda s: _reproduce(s, "--set", f"data.path={s.path('nothing')}"),
+        r"nothing does not exist; create it with `hyperp prepare",
+    ),
+    BadInput(
+        "reproduce-no-workers",
+        lambda s: _reproduce(s, "--workers", "0"),
+        r"workers and threads per worker must be at least 1",
+    ),
+    BadInput(
         "api-model-without-vocabulary",
         lambda s: lambda: _model(),
         r"model.vocab_size is not set",
@@ -808,4 +887,4 @@ def test_bad_input(case, reference, tmp_path, monkeypatch, capsys):
 def test_the_table_is_large_and_names_are_unique():
     assert len(CASES) >= 40 and len({case.id for case in CASES}) == len(CASES)
     verbs = {case.id.split("-")[0] for case in CASES}
-    assert {"prepare", "train", "check", "sweep", "api"} <= verbs
+    assert {"prepare", "train", "check", "sweep", "fit", "reproduce", "api"} <= verbs

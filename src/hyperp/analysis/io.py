@@ -9,6 +9,7 @@ become numbers.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -92,7 +93,15 @@ def record_value(record: dict[str, Any], key: str) -> Any:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file; fix or remove it") from None
+    return _parse_json(path, text)
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON ({error}); fix or remove the file") from error
 
@@ -127,13 +136,23 @@ def _is_run_dir(path: Path) -> bool:
 def _read_table(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     rows: list[dict[str, Any]] = []
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{path} is not a text file; give a results table or a run directory"
+        ) from None
     if suffix in {".csv", ".tsv"}:
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
-            for row in reader:
-                rows.append({key.strip(): _number_or_text(value) for key, value in row.items()})
+        reader = csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
+        for row in reader:
+            if None in row:  # more fields than the header names
+                raise ValueError(
+                    f"{path}:{reader.line_num} has more fields than the header; "
+                    "fix the row or quote values that hold the delimiter"
+                )
+            rows.append({key.strip(): _number_or_text(value) for key, value in row.items()})
     elif suffix in {".jsonl", ".ndjson"}:
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -144,7 +163,7 @@ def _read_table(path: Path) -> list[dict[str, Any]]:
                 raise ValueError(f"{path}:{number} must be a JSON object")
             rows.append({key: _number_or_text(value) for key, value in row.items()})
     elif suffix == ".json":
-        data = _read_json(path)
+        data = _parse_json(path, text)
         items = data if isinstance(data, list) else [data]
         for item in items:
             if not isinstance(item, dict):

@@ -329,6 +329,14 @@ def analyze(
             f"no record has the loss column {options.y!r}; choose one with --y "
             f"(columns: {', '.join(columns(records))})"
         )
+    for record in records:
+        for column in (options.x, options.y):
+            value = record_value(record, column)
+            if isinstance(value, str):
+                raise ValueError(
+                    f"{record.get('_source', 'a record')}: {column} {value!r} is not a number; "
+                    "fix the value, or leave it empty for a run without one"
+                )
     group_by = _resolve_group_by(records, options)
     messages: list[str] = []
 

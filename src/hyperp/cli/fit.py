@@ -125,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
         failed = f" ({len(loaded.failed)} failed run(s) found)" if loaded.failed else ""
         raise UserError(f"no finished runs or result rows in {' '.join(args.paths)}{failed}")
     study = analyze(loaded.records, options, failed=loaded.failed)
+    if not study.compute and all(group.optimum is None for group in study.groups):
+        reasons = {group.error for group in study.groups if group.error} or {
+            "no group has an LR optimum; sweep at least 3 learning rates around the optimum"
+        }
+        raise UserError(f"nothing could be fitted: {'; '.join(sorted(reasons))}")
     if args.report:
         written = write_report(study, args.report)
         if not args.json:
