@@ -114,7 +114,7 @@ def _corpus_of(record: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
         path = Path(str(corpus.get("path") or ""))
         directory = path if path.is_dir() and (path / "meta.json").is_file() else None
         if directory is not None:  # the prepared corpus's own meta says what it is
-            meta = json.loads((directory / "meta.json").read_text())
+            meta = _prepared_meta(directory)
             entry["eot_id"] = meta.get("eot_id")
             entry["description"] = _meta_description(meta)
         return entry, directory
@@ -124,7 +124,7 @@ def _corpus_of(record: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
     if directory is None:
         entry.update({"description": data.get("path") or "the built-in corpus (not found)"})
         return entry, None
-    meta = json.loads((directory / "meta.json").read_text())
+    meta = _prepared_meta(directory)
     splits = meta.get("splits", {})
     entry.update(
         {
@@ -139,6 +139,13 @@ def _corpus_of(record: dict[str, Any]) -> tuple[dict[str, Any], Path | None]:
         }
     )
     return entry, directory
+
+
+def _prepared_meta(directory: Path) -> dict[str, Any]:
+    """A prepared corpus's meta.json, through the data layer's one (validating) reader."""
+    from hyperp.data import open_corpus
+
+    return open_corpus(directory, verify="never").meta
 
 
 def _meta_description(meta: dict[str, Any]) -> str:

@@ -145,6 +145,14 @@ def extension_points(
     return sorted(set(extra) - {_round(v) for v in lrs})
 
 
+PHASES = "phases.json"  # a curve's decided extension rounds, so a resumed curve repeats them
+
+
+def _extension_rounds(curve: Curve) -> list[list[float]]:
+    path = curve.directory / PHASES
+    return json.loads(path.read_text()).get("rounds", []) if path.is_file() else []
+
+
 def _round(value: float) -> float:
     return float(f"{value:.6g}")
 
@@ -381,10 +389,7 @@ class Runner:
         """Run (or resume) a curve's phases; nothing when not training or already done."""
         if not self.train or curve.directory in self._done or curve.missing:
             return
-        record_path = curve.directory / "phases.json"
-        rounds: list[list[float]] = []
-        if record_path.is_file():
-            rounds = json.loads(record_path.read_text()).get("rounds", [])
+        rounds = _extension_rounds(curve)
         lrs = sorted({*curve.lrs, *(v for r in rounds for v in r)})
         self._sweep(curve, lrs, "grid" if not rounds else f"grid + {len(rounds)} extension(s)")
         extend = curve.lr_key is not None and curve.arm.lr_source is None
@@ -399,7 +404,8 @@ class Runner:
             if not extra:
                 break
             rounds.append(extra)
-            atomic_write_text(record_path, json.dumps({"grid": curve.lrs, "rounds": rounds}))
+            record = {"grid": curve.lrs, "rounds": rounds}
+            atomic_write_text(curve.directory / PHASES, json.dumps(record))
             lrs = sorted({*lrs, *extra})
             self._sweep(
                 curve, lrs, f"extension {len(rounds)}: {', '.join(f'{v:g}' for v in extra)}"
@@ -471,10 +477,7 @@ class Runner:
         return RunTable(Sweep.from_runs(lrs, seeds, losses), records, failed, diverged)
 
     def _current_lrs(self, curve: Curve) -> list[float]:
-        record_path = curve.directory / "phases.json"
-        rounds = (
-            json.loads(record_path.read_text()).get("rounds", []) if record_path.is_file() else []
-        )
+        rounds = _extension_rounds(curve)
         return [_round(v) for v in {*curve.lrs, *(v for r in rounds for v in r)}]
 
     # -- planning ---------------------------------------------------------------------------
