@@ -96,8 +96,8 @@ def main() -> None:
         "--bf16-max-width",
         type=int,
         default=None,
-        help="skip bf16 Newton-Schulz above this width (default: 256 on CPU, where "
-        "bf16 matmuls run far slower than fp32; no limit on CUDA)",
+        help="skip bf16 Newton-Schulz above this width (default: no limit on CUDA and on a CPU "
+        "whose bf16 is fast; 256 on a CPU where bf16 matmuls run far slower than fp32)",
     )
     parser.add_argument("--bf16-repeats", type=int, default=3)
     args = parser.parse_args()
@@ -105,11 +105,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    slow_bf16 = False
     if device.type == "cpu":
         from hyperp.optim.precision import cpu_ns_choice
 
-        print(cpu_ns_choice()[1])
-    bf16_limit = args.bf16_max_width or (256 if device.type == "cpu" else 1 << 30)
+        choice, why = cpu_ns_choice()
+        print(why)
+        slow_bf16 = choice != torch.bfloat16
+    bf16_limit = args.bf16_max_width or (256 if slow_bf16 else 1 << 30)
     for width in args.widths:
         shapes = hidden_matrix_shapes(width, args.depth, args.head_dim, args.kv_heads)
         numel = sum(r * c for r, c in shapes)
