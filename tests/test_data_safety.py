@@ -253,7 +253,9 @@ def _wait_for_encoding(process: subprocess.Popen) -> list[str]:
 
 def test_ctrl_c_and_kill_during_prepare_leave_the_old_preparation(prepared, tmp_path):
     out = _copy(prepared, tmp_path / "out")
-    text = _write_docs(tmp_path / "text", 36, words=15_000, seed=1)  # ~2.5M characters
+    text = _write_docs(tmp_path / "text", 36, words=15_000, seed=1)
+    for doc in text.iterdir():  # ~30M characters: encoding takes seconds even on a fast machine
+        doc.write_text(doc.read_text() * 12)
     before = tree_state(out)
 
     process = _start_prepare(text, out, prepared / "tokenizer.json")
