@@ -217,6 +217,12 @@ def test_a_write_error_keeps_the_earlier_preparation(prepared, tmp_path):
 # -- interruptions ------------------------------------------------------------------------------
 
 
+def _interruptible() -> None:
+    # A shell without job control starts background commands with SIGINT ignored, and Python
+    # keeps an inherited "ignore"; the prepare under test gets Ctrl-C as a terminal would send it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_prepare(text: Path, out: Path, tokenizer: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [
@@ -234,6 +240,7 @@ def _start_prepare(text: Path, out: Path, tokenizer: Path) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=_interruptible,
     )
 
 
