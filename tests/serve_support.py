@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import atexit
 import shutil
-import sysconfig
 import tempfile
 from pathlib import Path
 
-from hyperp.data import prepare
 from hyperp.train import load_config
 from hyperp.train.trainer import train
+from support import prepare_small_corpus
 
 TINY = {
     "model.depth": 2,
@@ -66,9 +65,7 @@ def _root() -> Path:
 def corpus() -> Path:
     directory = _root() / "corpus"
     if not (directory / "meta.json").is_file():
-        stdlib = Path(sysconfig.get_paths()["stdlib"])
-        files = [stdlib / name for name in ("argparse.py", "textwrap.py", "difflib.py", "shlex.py")]
-        prepare(files, directory, vocab_size=512, val_fraction=0.3)
+        prepare_small_corpus(directory)
     return directory
 
 

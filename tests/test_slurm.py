@@ -15,14 +15,12 @@ import os
 import re
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from hyperp.data import prepare
 from hyperp.sweep import load_sweep, sweep_status
 from hyperp.train.checkpoint import load_model_weights
 from support import subprocess_env
@@ -72,15 +70,6 @@ def slurm() -> dict[str, str]:
         yield environment
     finally:
         subprocess.run(["bash", str(STOP)], capture_output=True, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = [stdlib / name for name in ("argparse.py", "textwrap.py", "difflib.py", "shlex.py")]
-    return prepare(
-        files, tmp_path_factory.mktemp("corpus") / "tokens", vocab_size=512, val_fraction=0.3
-    )
 
 
 BASE = """

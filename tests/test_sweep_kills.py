@@ -10,14 +10,12 @@ import re
 import signal
 import subprocess
 import sys
-import sysconfig
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from hyperp.data import prepare
 from hyperp.sweep import command_from_prefix, load_sweep, run_sweep, sweep_status
 from hyperp.sweep.processes import process_start
 from hyperp.train.checkpoint import list_checkpoints
@@ -131,15 +129,6 @@ def test_a_failure_quotes_the_exit_status_or_signal_and_the_last_error_line(
     assert error[0] == "--- last lines of train.log ---" and error[-1].startswith(reason)
     (status,) = sweep_status(spec)
     assert (status.state, status.reason) == ("failed", error[-1])
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = [stdlib / name for name in ("argparse.py", "textwrap.py", "difflib.py", "shlex.py")]
-    return prepare(
-        files, tmp_path_factory.mktemp("corpus") / "tokens", vocab_size=512, val_fraction=0.3
-    )
 
 
 def test_a_trainer_killed_after_a_checkpoint_is_interrupted_and_the_next_sweep_resumes_it(

@@ -8,23 +8,11 @@ import json
 import math
 import subprocess
 import sys
-import sysconfig
 import textwrap
-from pathlib import Path
 
 import pytest
 
-from hyperp.data import prepare
 from support import subprocess_env
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = [stdlib / name for name in ("argparse.py", "textwrap.py", "difflib.py", "shlex.py")]
-    return prepare(
-        files, tmp_path_factory.mktemp("corpus") / "tokens", vocab_size=512, val_fraction=0.3
-    )
 
 
 def hyperp(*args: str) -> subprocess.CompletedProcess:
