@@ -54,9 +54,6 @@ class Distributed:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
-    def any(self, flag: bool) -> bool:
-        return self.sum([float(flag)])[0] > 0 if self.enabled else flag
-
     def broadcast_int(self, value: int) -> int:
         """Rank 0's ``value`` on every rank."""
         if not self.enabled:

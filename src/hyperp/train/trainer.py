@@ -193,6 +193,7 @@ class _Step:
     grad_norm: float
     lr: float
     indicators: dict[str, float] | None
+    stop_requested: bool  # some rank got SIGTERM/SIGINT (agreed in the loss all-reduce)
 
 
 class Trainer:
@@ -415,13 +416,13 @@ class Trainer:
         clock = _Clock(run.counters.wall_time_s)
         while step < plan.steps:
             step += 1
-            result = self._train_step(run, step)
+            result = self._train_step(run, step, stop)
             record = self._record(run, step, result, clock)
             if (train.eval_every and step % train.eval_every == 0) or step == plan.steps:
                 record = self._evaluate(run, step, record)
             run.counters.wall_time_s = clock.elapsed()
             self._write(run, step, record, result)
-            interrupted = self.dist.any(stop.signal is not None) or step == self.stop_after
+            interrupted = result.stop_requested or step == self.stop_after
             due = train.checkpoint_every and step % train.checkpoint_every == 0
             if due or interrupted or step == plan.steps:
                 self._checkpoint(run, step)
@@ -431,9 +432,10 @@ class Trainer:
                 return self._stopped(run, step, stop)
         return self._finish(run)
 
-    def _train_step(self, run: _Run, step: int) -> _Step:
+    def _train_step(self, run: _Run, step: int, stop: _StopFlag) -> _Step:
         """Forward and backward over the micro-batches, clip, step. Raises on a non-finite
-        loss before the weights are touched."""
+        loss before the weights are touched. Whether any rank was asked to stop travels in the
+        losses' all-reduce, so every rank decides alike without a collective of its own."""
         train = run.config.train
         inputs, targets = next(run.loader)
         watch = train.monitor_every and (step % train.monitor_every == 0 or step == 1)
@@ -446,8 +448,9 @@ class Trainer:
                 (out.loss / train.grad_accum).backward()
                 lm_sum += out.lm_loss.detach().float() / train.grad_accum
                 aux_sum += out.aux_loss.detach().float() / train.grad_accum
-        totals = self.dist.sum([float(lm_sum), float(aux_sum)])  # one device sync per step
-        lm_loss, aux_loss = (value / self.dist.world_size for value in totals)
+        # One all-reduce (and device sync) per step: the losses and the stop flag.
+        totals = self.dist.sum([float(lm_sum), float(aux_sum), float(stop.signal is not None)])
+        lm_loss, aux_loss = (value / self.dist.world_size for value in totals[:2])
         if not math.isfinite(lm_loss + aux_loss):
             raise self._diverged(run, step, lm_loss + aux_loss)
         clip = run.config.optim.grad_clip or math.inf  # 0 disables clipping
@@ -460,7 +463,7 @@ class Trainer:
         run.scheduler.step()
         run.counters.record_loss(lm_loss)
         indicators = stats.summary() if watch else None
-        return _Step(lm_loss, aux_loss, float(grad_norm), lr, indicators)
+        return _Step(lm_loss, aux_loss, float(grad_norm), lr, indicators, totals[2] > 0)
 
     @staticmethod
     def _gradient_sync(run: _Run, last: bool):
