@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -185,8 +186,6 @@ class RunLog:
         """Advance the bar; with a logged ``record``, write the step line."""
         if self.file is None:
             return
-        import time
-
         now = time.perf_counter()
         if self.started is None:
             self.started = (now, step - 1)
