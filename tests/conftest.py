@@ -4,11 +4,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from hyperp.optim.precision import ENVIRONMENT_VARIABLE, cpu_ns_choice
 from support import prepare_small_corpus
 
-# Newton-Schulz precision on a CPU is measured per machine (hyperp.optim.precision); pin it so
-# that results and tolerances do not depend on the machine the tests run on.
-os.environ.setdefault("HYPERP_CPU_NS_DTYPE", "fp32")
+# The suite runs in the Newton-Schulz precision this CPU chose (measured once per machine and
+# cached, or pinned by HYPERP_CPU_NS_DTYPE). Every process the tests start inherits the choice,
+# so none measures again. Tests that compare runs differing only in reduction order pin fp32
+# themselves (tests/training.py, PIN_FP32).
+_NS_DTYPE, _NS_REASON = cpu_ns_choice()
+os.environ[ENVIRONMENT_VARIABLE] = "bf16" if torch.bfloat16 == _NS_DTYPE else "fp32"
+
+
+def pytest_report_header(config):
+    return f"hyperp: {_NS_REASON}"
 
 
 @pytest.fixture(autouse=True)

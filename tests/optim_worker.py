@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=0)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ns-dtype", default=None, help="fp32 or bf16 (default: the machine's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     dist = setup_distributed("cpu")
@@ -42,19 +44,20 @@ def run(args, dist, kind: str) -> None:
         depth=2, width=64, head_dim=16, n_kv_heads=2, vocab_size=96, context=16,
         moe_sparsity=2 if moe else 0, moe_granularity=2,  # 4 experts, 2 per shard
     )  # fmt: skip
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     model = Transformer(config)
     roles = {info.name: info.role for info in assign_roles(model)}
     # What one process would hold: the same optimizer over an unsharded copy.
-    single_bytes = build_optimizer(copy.deepcopy(model), "hyperp", lr=0.02).state_bytes()
+    options = {"lr": 0.02, "ns_dtype": args.ns_dtype}
+    single_bytes = build_optimizer(copy.deepcopy(model), "hyperp", **options).state_bytes()
     parallel = parallelize(model, dist, args.strategy, args.shard_size)
     optimizer = build_optimizer(
-        model, "hyperp", lr=0.02, roles=roles, replicate_group=parallel.replicate_group
+        model, "hyperp", **options, roles=roles, replicate_group=parallel.replicate_group
     )
     names = {
         id(p): n for g in optimizer.param_groups for p, n in zip(g["params"], g["param_names"])
     }
-    generator = torch.Generator().manual_seed(1)
+    generator = torch.Generator().manual_seed(args.seed + 1)
     losses, steps = [], []
     per_rank = 8 // dist.world_size
     for _ in range(args.steps):

@@ -22,111 +22,114 @@ from hyperp.train.checkpoint import (
 )
 from hyperp.train.state import RunCounters
 from hyperp.train.trainer import train
-from training import assert_same_weights, cli_args, config, final_weights, logged, run_cli, torchrun
+from training import (
+    COMPARED_PRECISIONS,
+    MACHINE_NS_DTYPE,
+    PIN_FP32,
+    STOP_HALFWAY,
+    assert_equal_up_to_rounding,
+    assert_same_weights,
+    cli_args,
+    config,
+    logged,
+    run_cli,
+    torchrun,
+)
 
-STOP = {"train.checkpoint_every": 4, "train.eval_every": 0}
-
-
-def radii(run: Path) -> dict[str, torch.Tensor]:
-    _, path = list_checkpoints(run / "checkpoints")[-1]
-    state = read_tensors(path, "optimizer.state.")
-    return {key: value for key, value in state.items() if key.endswith(".radius")}
-
-
-def assert_close_runs(run: Path, reference: Path) -> None:
-    """A resharded resume: equal up to the order of floating-point reductions."""
-    one, two = logged(reference), logged(run)
-    assert one.keys() == two.keys()
-    for step in one:
-        assert two[step] == pytest.approx(one[step], rel=2e-4), step
-    expected, got = final_weights(reference), final_weights(run)
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-3, atol=1e-4)
-    expected_radii, got_radii = radii(reference), radii(run)
-    assert expected_radii.keys() == got_radii.keys() and expected_radii
-    for name in expected_radii:  # fixed at the first step, whatever the sharding since
-        torch.testing.assert_close(got_radii[name], expected_radii[name], rtol=1e-6, atol=0)
+STOP = STOP_HALFWAY
 
 
-def stopped(corpus, out: Path, nproc: int, strategy: str = "fsdp") -> Path:
+def stopped(corpus, out: Path, nproc: int, settings: dict, strategy: str = "fsdp") -> Path:
     """A run stopped (with a checkpoint) after step 4 of 8, on ``nproc`` processes."""
     if nproc == 1:
-        assert train(config(corpus, **STOP), out, stop_after=4).status == "interrupted"
+        assert train(config(corpus, **settings), out, stop_after=4).status == "interrupted"
     else:
-        done = torchrun(corpus, out, nproc, strategy, args=("--stop-after", "4"), **STOP)
+        done = torchrun(corpus, out, nproc, strategy, args=("--stop-after", "4"), **settings)
         assert done.returncode == 0, done.stdout + done.stderr
     assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [4]
     return out
 
 
-def resume(corpus, out: Path, nproc: int, strategy: str = "fsdp") -> None:
+def resume(corpus, out: Path, nproc: int, settings: dict, strategy: str = "fsdp") -> None:
     if nproc == 1:
-        assert train(config(corpus, **STOP), out).status == "finished"
+        assert train(config(corpus, **settings), out).status == "finished"
     else:
-        done = torchrun(corpus, out, nproc, strategy, **STOP)
+        done = torchrun(corpus, out, nproc, strategy, **settings)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "resumed from" in done.stdout
 
 
 @pytest.fixture(scope="module")
-def single_run(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("single") / "run"
-    train(config(corpus, **STOP), out)
-    return out
+def reference(corpus, tmp_path_factory):
+    """``reference(ns_dtype)``: the uninterrupted one-process run, trained once per precision."""
+    runs = {}
+
+    def run_in(ns_dtype: str) -> Path:
+        if ns_dtype not in runs:
+            out = tmp_path_factory.mktemp(f"single-{ns_dtype}") / "run"
+            train(config(corpus, **STOP, **{"optim.ns_dtype": ns_dtype}), out)
+            runs[ns_dtype] = out
+        return runs[ns_dtype]
+
+    return run_in
 
 
 @pytest.mark.distributed
+@pytest.mark.parametrize("ns_dtype", COMPARED_PRECISIONS)
 def test_two_process_resume_is_bit_exact_and_reshards_to_one_and_to_ddp(
-    corpus, tmp_path, single_run
+    corpus, tmp_path, reference, ns_dtype
 ):
+    settings = {**STOP, "optim.ns_dtype": ns_dtype}
     straight = tmp_path / "straight"  # written in the background while training goes on
-    done = torchrun(corpus, straight, 2, **STOP, **{"train.async_checkpoint": True})
+    done = torchrun(corpus, straight, 2, **settings, **{"train.async_checkpoint": True})
     assert done.returncode == 0, done.stdout + done.stderr
-    split = stopped(corpus, tmp_path / "split", 2)
+    split = stopped(corpus, tmp_path / "split", 2, settings)
     for name in ("to-one", "to-ddp"):
         shutil.copytree(split, tmp_path / name)
-    resume(corpus, split, 2)
+    resume(corpus, split, 2, settings)
     assert logged(split) == logged(straight)
     assert_same_weights(split, straight)
-    resume(corpus, tmp_path / "to-one", 1)
-    assert_close_runs(tmp_path / "to-one", single_run)
-    resume(corpus, tmp_path / "to-ddp", 2, "ddp")
-    assert_close_runs(tmp_path / "to-ddp", single_run)
+    resume(corpus, tmp_path / "to-one", 1, settings)
+    assert_equal_up_to_rounding(reference(ns_dtype), tmp_path / "to-one", ns_dtype)
+    resume(corpus, tmp_path / "to-ddp", 2, settings, "ddp")
+    assert_equal_up_to_rounding(reference(ns_dtype), tmp_path / "to-ddp", ns_dtype)
 
 
 @pytest.mark.distributed
-def test_one_process_and_ddp_checkpoints_resume_sharded(corpus, tmp_path, single_run):
-    from_one = stopped(corpus, tmp_path / "from-one", 1)
-    resume(corpus, from_one, 2)
-    assert_close_runs(from_one, single_run)
-    from_ddp = stopped(corpus, tmp_path / "from-ddp", 2, "ddp")
-    resume(corpus, from_ddp, 2, "fsdp")
-    assert_close_runs(from_ddp, single_run)
+def test_one_process_and_ddp_checkpoints_resume_sharded(corpus, tmp_path, reference):
+    settings = {**STOP, **PIN_FP32}
+    from_one = stopped(corpus, tmp_path / "from-one", 1, settings)
+    resume(corpus, from_one, 2, settings)
+    assert_equal_up_to_rounding(reference("fp32"), from_one, "fp32")
+    from_ddp = stopped(corpus, tmp_path / "from-ddp", 2, settings, "ddp")
+    resume(corpus, from_ddp, 2, settings, "fsdp")
+    assert_equal_up_to_rounding(reference("fp32"), from_ddp, "fp32")
 
 
-def test_async_checkpoints_match_synchronous_ones(corpus, tmp_path, single_run):
+def test_async_checkpoints_match_synchronous_ones(corpus, tmp_path, reference):
     run = tmp_path / "async"
-    settings = {**STOP, "train.async_checkpoint": True}
+    settings = {**STOP, "train.async_checkpoint": True, "optim.ns_dtype": MACHINE_NS_DTYPE}
     assert train(config(corpus, **settings), run, stop_after=6).status == "interrupted"
     assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [4, 6]
     assert train(config(corpus, **settings), run).status == "finished"
-    assert logged(run) == logged(single_run)
-    assert_same_weights(run, single_run)
+    assert logged(run) == logged(reference(MACHINE_NS_DTYPE))
+    assert_same_weights(run, reference(MACHINE_NS_DTYPE))
 
 
-def test_a_checkpoint_without_its_marker_is_skipped(corpus, tmp_path, single_run, capsys):
+def test_a_checkpoint_without_its_marker_is_skipped(corpus, tmp_path, reference, capsys):
     run = tmp_path / "run"
-    train(config(corpus, **{**STOP, "train.checkpoint_every": 2}), run, stop_after=6)
+    settings = {**STOP, "train.checkpoint_every": 2, "optim.ns_dtype": MACHINE_NS_DTYPE}
+    train(config(corpus, **settings), run, stop_after=6)
     newest = run / "checkpoints" / "step_00000006"
     (newest / MARKER).unlink()
     assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [4]
     capsys.readouterr()
-    assert train(config(corpus, **{**STOP, "train.checkpoint_every": 2}), run).status == "finished"
+    assert train(config(corpus, **settings), run).status == "finished"
     out = capsys.readouterr().out
     assert f"skipping incomplete checkpoint {newest}" in out
     assert "resumed from" in out and "step_00000004 at step 4" in out
-    assert logged(run) == logged(single_run)
-    assert_same_weights(run, single_run)
+    assert logged(run) == logged(reference(MACHINE_NS_DTYPE))
+    assert_same_weights(run, reference(MACHINE_NS_DTYPE))
 
 
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint_valid(corpus, tmp_path):

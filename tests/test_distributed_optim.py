@@ -11,6 +11,7 @@ import torch
 
 from hyperp.optim.sharding import Grid, MatrixLayout, WorkPlan, ns_flops
 from support import subprocess_env
+from training import OPTIMIZER_SPREAD
 
 WORKER = str(Path(__file__).with_name("optim_worker.py"))
 
@@ -40,7 +41,7 @@ def run_worker(out: Path, nproc: int, *args: str) -> dict[str, list[dict]]:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     out = tmp_path_factory.mktemp("single")
-    return run_worker(out, 1, "--strategy", "single"), out
+    return run_worker(out, 1, "--strategy", "single", "--ns-dtype", "fp32"), out
 
 
 @pytest.mark.distributed
@@ -50,7 +51,8 @@ def single(tmp_path_factory):
 def test_sharded_optimizer_matches_one_process(single, tmp_path, strategy, nproc, shard_size):
     reports, single_dir = single
     out = tmp_path / strategy
-    many = run_worker(out, nproc, "--strategy", strategy, "--shard-size", str(shard_size))
+    shards = ("--shard-size", str(shard_size))
+    many = run_worker(out, nproc, "--strategy", strategy, *shards, "--ns-dtype", "fp32")
     for kind in ("dense", "moe"):  # the MoE model: 4 experts, a bank slice lives on one shard
         one, ranks = reports[kind][0], many[kind]
         expected = torch.load(single_dir / f"{kind}-weights.pt", weights_only=True)
@@ -65,12 +67,14 @@ def test_sharded_optimizer_matches_one_process(single, tmp_path, strategy, nproc
 
 def check_same_results(one, ranks, expected, got) -> None:
     # The same global batch; results differ only by the order of floating-point reductions
-    # (gradient reduce-scatter/all-reduce against one sum, norms from per-rank partial sums):
-    # ~1e-7 relative per step, amplified by 4 steps of Newton-Schulz.
+    # (gradient reduce-scatter/all-reduce against one sum, norms from per-rank partial sums),
+    # amplified by 4 steps of Newton-Schulz in fp32 (pinned: bf16 amplifies far more).
+    spread = OPTIMIZER_SPREAD
     for step, loss in enumerate(one["losses"]):
-        assert ranks[0]["losses"][step] == pytest.approx(loss, rel=1e-5), step
+        assert ranks[0]["losses"][step] == pytest.approx(loss, rel=spread.loss), step
     for name, value in expected.items():
-        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
+        drift = (got[name] - value).norm() / value.norm()
+        assert drift <= spread.weights, (name, drift.item())
     # Radii are per matrix and independent of sharding.
     for name, radius in one["radii"].items():
         for rank in ranks:

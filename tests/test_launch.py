@@ -13,7 +13,7 @@ import pytest
 from hyperp.train.distributed import launch_environment
 from hyperp.train.trainer import train
 from support import subprocess_env
-from training import cli_args, config, final_weights, logged, run_cli
+from training import PIN_FP32, assert_equal_up_to_rounding, cli_args, config, run_cli
 
 
 def free_port() -> int:
@@ -87,17 +87,13 @@ def test_srun_without_torchrun_forms_one_job(corpus, tmp_path):
         }
 
     run = tmp_path / "srun"
-    results = start_ranks(corpus, [run, run], slurm_task, **{"train.distributed": "ddp"})
+    settings = {**PIN_FP32, "train.distributed": "ddp"}
+    results = start_ranks(corpus, [run, run], slurm_task, **settings)
     for output, code in results:
         assert code == 0, output
     single = tmp_path / "single"
-    train(config(corpus), single)
-    one, two = logged(single), logged(run)
-    for step in one:
-        assert two[step] == pytest.approx(one[step], rel=2e-4)
-    expected, got = final_weights(single), final_weights(run)
-    for name in expected:
-        assert got[name].allclose(expected[name], rtol=1e-3, atol=1e-4), name
+    train(config(corpus, **settings), single)
+    assert_equal_up_to_rounding(single, run, "fp32")
 
 
 @pytest.mark.distributed

@@ -46,9 +46,13 @@ def test_tall_is_transpose_of_wide():
     torch.testing.assert_close(newton_schulz(G), newton_schulz(G.T).T)
 
 
-def test_scale_invariant():
+# Largest relative (Frobenius) difference between NS(G) and NS(1000 G) over 20 seeds: 7.0e-7 in
+# fp32, 9.8e-3 in bf16 (scaling by 1000 rounds the input anew: one bf16 ulp moves an entry).
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_scale_invariant(dtype, tolerance):
     G = torch.randn(32, 48)
-    torch.testing.assert_close(newton_schulz(G), newton_schulz(1000.0 * G), rtol=1e-4, atol=1e-5)
+    small, large = newton_schulz(G, dtype=dtype), newton_schulz(1000.0 * G, dtype=dtype)
+    assert (small - large).norm() / small.norm() < tolerance
 
 
 def test_keller_jordan_option_differs_and_is_rough():
