@@ -164,6 +164,39 @@ def test_width_verdicts_follow_the_true_drift(tmp_path, in_regime):
     assert (tmp_path / "figures" / "width_optima.png").stat().st_size > 1000
 
 
+@pytest.mark.parametrize("gap", ["no runs", "no optimum", "interior"])
+def test_a_range_needs_usable_optima_at_both_ends(tmp_path, gap):
+    """A drift over 32-64 is not the drift over 32-128 the claim names: an open end leaves the
+    claim not resolved, with the end named; an interior gap is left out and said so."""
+    runner = make_runner(tmp_path / "runs")
+    item = study("width")
+    rng = np.random.default_rng(5)
+    missing = 64 if gap == "interior" else 128
+    for curve in runner.curves(item.arms[0], item.lr_key):
+        if curve.values["model.head_init_rule"] != "logit_scale":
+            continue
+        width = curve.values["model.width"]
+        if width != missing:
+            lr_curve_runs(runner, curve, 0.1, rng, noise=0.003, in_regime=True)
+        elif gap == "no optimum":  # the optimum lies beyond the largest LR swept
+            lr_curve_runs(runner, curve, 5.0, rng, noise=0.003, in_regime=True)
+    result = analyze_width(runner, tmp_path / "figures", seed=0)
+    claim = claim_of(result, "width_logit_scale")
+    table = next(t for t in result.tables if t["title"].startswith("Optimum"))
+    widths = [row[1] for row in table["rows"] if row[0] == "HyperP, logit-scale head"]
+    assert widths == [32, 64, 128]  # a curve without runs is listed, not dropped
+    if gap == "interior":
+        assert claim["estimate"] == pytest.approx(1.0, abs=0.05)
+        assert claim["verdict"]["outcome"] == "holds"
+        assert "64 (left out)" in claim["note"]
+        return
+    assert math.isnan(claim["estimate"]) and claim["interval"] is None
+    assert claim["verdict"]["outcome"] == "not resolved"
+    assert "no usable optimum at 128, an end of the range 32-128" in claim["verdict"]["text"]
+    row = next(r for r in table["rows"] if r[0] == "HyperP, logit-scale head" and r[1] == 128)
+    assert ("no finished runs" if gap == "no runs" else "no optimum") in row[-1]
+
+
 def test_token_exponent_is_recovered_with_an_interval(tmp_path):
     runner = make_runner(tmp_path / "runs")
     item = study("tokens")

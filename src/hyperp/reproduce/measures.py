@@ -17,7 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from hyperp.analysis.bootstrap import CellTable, SweepSample, bootstrap_cells, bootstrap_sweeps
+from hyperp.analysis.bootstrap import (
+    CellTable,
+    Sweep,
+    SweepSample,
+    bootstrap_cells,
+    bootstrap_sweeps,
+)
 from hyperp.analysis.fits import (
     fit_loss_vs_compute,
     interpolated_leverage,
@@ -193,15 +199,28 @@ def lr_samples(
     """Per variant: its curves' optima with bootstrap replicates (noise pooled per variant)."""
     by_variant: dict[str, list[tuple[Curve, RunTable]]] = {}
     for curve, table in tables:
-        if curve.lr_key and table.sweep is not None:
+        if curve.lr_key:
             by_variant.setdefault(curve.variant, []).append((curve, table))
     out = {}
     for index, (variant, members) in enumerate(by_variant.items()):
+        ran = [(c, t) for c, t in members if t.sweep is not None]
         samples, _ = bootstrap_sweeps(
-            [t.sweep for _, t in members], replicates=runner.size.replicates, seed=seed + index
+            [t.sweep for _, t in ran], replicates=runner.size.replicates, seed=seed + index
         )
-        out[variant] = [(curve, sample) for (curve, _), sample in zip(members, samples)]
+        fitted = {id(c): sample for (c, _), sample in zip(ran, samples)}
+        # A curve without runs stays in its variant, so a range it ends is seen to be open.
+        out[variant] = [
+            (curve, fitted.get(id(curve)) or _no_runs(curve, runner.size.replicates))
+            for curve, _ in members
+        ]
     return out
+
+
+def _no_runs(curve: Curve, replicates: int) -> SweepSample:
+    empty = Sweep(np.array([]), (), np.zeros((0, 0)))
+    why = curve.missing or "no finished runs"
+    nan = np.full(replicates, math.nan)
+    return SweepSample(empty, None, why, nan, nan)
 
 
 def trend(
@@ -219,12 +238,24 @@ def drift(
     trend_: Trend, predicted: float = 0.0
 ) -> tuple[float, np.ndarray, float, np.ndarray, str]:
     """(drift, replicates, exponent, replicates, note): the optimum's ratio across the scales
-    used implied by the log-log slope, after dividing by ``scale^predicted``."""
+    implied by the log-log slope, after dividing by ``scale^predicted``.
+
+    A claim names the whole range of its scales, so both ends need a usable optimum: a drift
+    over a narrower range would be judged against a threshold meant for the wider one. Without
+    them there is no estimate (NaN) and the note says which end is open; an unusable optimum
+    inside the range is left out of the slope, and the note says so."""
     slope, reps, (low, high) = trend_.slope()
-    note = ""
-    if trend_.usable.sum() < trend_.usable.size:
-        left = [f"{s:g}" for s, u in zip(trend_.scales, trend_.usable) if not u]
-        note = f"no usable optimum at {', '.join(left)} (left out)"
+    usable = trend_.usable
+    left = [f"{s:g}" for s, u in zip(trend_.scales, usable) if not u]
+    if usable.size and not (usable[0] and usable[-1]):
+        ends = [f"{trend_.scales[i]:g}" for i in (0, -1) if not usable[i]]
+        note = (
+            f"no usable optimum at {' and '.join(ends)}, an end of the range "
+            f"{trend_.scales[0]:g}-{trend_.scales[-1]:g} the claim names"
+        )
+        nan = np.full(reps.shape, math.nan)
+        return math.nan, nan, math.nan, nan, note
+    note = f"no usable optimum at {', '.join(left)} (left out)" if left else ""
     if not math.isfinite(slope):
         return math.nan, reps, math.nan, reps, note or "fewer than 2 usable optima"
     span = math.log(high / low)
@@ -243,7 +274,7 @@ def curve_rows(
             sweep = sample.sweep
             counts = sweep.seed_counts
             if fit is None:
-                rows.append([variant, scale_of(curve), None, None, None, None, None, sample.error])
+                rows.append([variant, scale_of(curve), *[None] * 7, sample.error])
                 continue
             with np.errstate(over="ignore"):
                 interval = stored(_interval(np.exp(sample.log_lr))) if fit.usable else None
@@ -305,6 +336,8 @@ def lr_figure(
     for variant, members in samples.items():
         curves = []
         for curve, sample in sorted(members, key=lambda m: scale_of(m[0])):
+            if not sample.sweep.lrs.size:
+                continue
             interval = None
             if sample.usable:
                 interval = tuple(np.exp(_interval(sample.log_lr)))
