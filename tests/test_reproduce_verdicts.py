@@ -16,14 +16,11 @@ import numpy as np
 import pytest
 
 from hyperp.reproduce import judge
-from hyperp.reproduce.catalogue import CLAIMS, Region, study
-from hyperp.reproduce.measures import (
-    analyze_compute,
-    analyze_tokens,
-    analyze_weight_decay,
-    analyze_width,
-)
+from hyperp.reproduce.catalogue import Region
+from hyperp.reproduce.report import render_markdown
+from hyperp.reproduce.results import study_entry
 from hyperp.reproduce.runner import Runner
+from hyperp.reproduce.studies import ANALYZERS, CLAIMS, study
 from hyperp.sweep import run_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +140,7 @@ def test_width_verdicts_follow_the_true_drift(tmp_path, in_regime):
         exponent, noise = truths[curve.values["model.head_init_rule"]]
         optimum = 0.1 * (curve.values["model.width"] / 32) ** exponent
         lr_curve_runs(runner, curve, optimum, rng, noise=noise, in_regime=in_regime)
-    result = analyze_width(runner, tmp_path / "figures", seed=0)
+    result = ANALYZERS["width"](runner, tmp_path / "figures", seed=0)
     logit = claim_of(result, "width_logit_scale")
     fixed = claim_of(result, "width_fixed")
     inverse = claim_of(result, "width_inverse_width")
@@ -180,7 +177,7 @@ def test_a_range_needs_usable_optima_at_both_ends(tmp_path, gap):
             lr_curve_runs(runner, curve, 0.1, rng, noise=0.003, in_regime=True)
         elif gap == "no optimum":  # the optimum lies beyond the largest LR swept
             lr_curve_runs(runner, curve, 5.0, rng, noise=0.003, in_regime=True)
-    result = analyze_width(runner, tmp_path / "figures", seed=0)
+    result = ANALYZERS["width"](runner, tmp_path / "figures", seed=0)
     claim = claim_of(result, "width_logit_scale")
     table = next(t for t in result.tables if t["title"].startswith("Optimum"))
     widths = [row[1] for row in table["rows"] if row[0] == "HyperP, logit-scale head"]
@@ -197,6 +194,51 @@ def test_a_range_needs_usable_optima_at_both_ends(tmp_path, gap):
     assert ("no finished runs" if gap == "no runs" else "no optimum") in row[-1]
 
 
+def test_width_counts_muons_decay_runs_and_states_each_familys_noise(tmp_path):
+    """The width study trains the weight-decay study's Muon curves to tune Muon's decay: its
+    run count says so, its notes name the decay, and each curve family's per-run sigma (here
+    known: 0.01) and degrees of freedom are in its tables and the report."""
+    runner = make_runner(tmp_path / "runs")
+    rng = np.random.default_rng(6)
+    wd = study("weight_decay")
+    decay_runs = 0
+    for curve in runner.curves(wd.arms[1], wd.lr_key):
+        floor = 4.0 + 2 * abs(curve.values["optim.weight_decay"] - 0.03)
+        lr_curve_runs(runner, curve, 0.03, rng, noise=0.002, in_regime=False, floor=floor)
+        decay_runs += len(curve.lrs) * len(curve.seeds)
+    item = study("width")
+    for arm in item.arms[:2]:
+        for curve in runner.curves(arm, item.lr_key):
+            if curve.values.get("model.head_init_rule", "logit_scale") == "logit_scale":
+                optimum = 0.03 if arm.stem == "width_muon" else 0.1
+                lr_curve_runs(runner, curve, optimum, rng, noise=0.01, in_regime=False)
+    result = ANALYZERS["width"](runner, tmp_path / "figures", seed=0)
+    entry = study_entry(result, "hyperp reproduce --quick --only width", tmp_path, {})
+    [inputs] = entry["runs"]["inputs"]
+    assert inputs["study"] == "weight_decay" and inputs["finished"] == decay_runs == 48
+    assert "Muon's weight decay here: 0.03" in " ".join(result.notes)
+    noise = next(t for t in result.tables if t["title"].startswith("Noise"))
+    rows = {row[0]: row for row in noise["rows"]}
+    for variant in ("HyperP, logit-scale head", "Muon"):
+        sigma, degrees = rows[variant][1], rows[variant][2]
+        assert 0.006 < sigma < 0.015 and degrees >= 12
+    report = render_markdown(
+        {
+            "studies": {"width": entry},
+            "size": "quick",
+            "runs_dir": ".",
+            "results_file": "r.json",
+            "thresholds": [],
+            "bootstrap": {"method": "m"},
+            "command": "c",
+            "size_description": "d",
+            "runs": entry["runs"],
+        }
+    )
+    assert f"Besides, it trains {decay_runs} finished" in report
+    assert "per-run sigma (loss)" in report
+
+
 def test_token_exponent_is_recovered_with_an_interval(tmp_path):
     runner = make_runner(tmp_path / "runs")
     item = study("tokens")
@@ -207,7 +249,7 @@ def test_token_exponent_is_recovered_with_an_interval(tmp_path):
     for curve in curves:
         optimum = 0.1 * (tokens[curve.directory] / smallest) ** -0.32
         lr_curve_runs(runner, curve, optimum, rng, noise=0.004, in_regime=False)
-    result = analyze_tokens(runner, tmp_path / "figures", seed=0)
+    result = ANALYZERS["tokens"](runner, tmp_path / "figures", seed=0)
     claim = claim_of(result, "token_exponent")
     assert claim["estimate"] == pytest.approx(-0.32, abs=0.03)
     assert claim["interval"][0] < -0.32 < claim["interval"][1]
@@ -257,7 +299,7 @@ def compute_runs(tmp_path, ratio: float, noise: float) -> dict:
     muon = runner.curves(item.arms[1], item.lr_key)
     assert [c.derived["model.logit_multiplier"] for c in muon] == [1.0, 0.666667, 0.5]
     assert all(c.derived["optim.weight_decay"] == 0.03 for c in muon)
-    result = analyze_compute(runner, tmp_path / "figures", seed=0)
+    result = ANALYZERS["compute"](runner, tmp_path / "figures", seed=0)
     return {c["key"]: c for c in result.claims} | {"numbers": result.numbers}
 
 
@@ -300,7 +342,7 @@ def test_decay_check_pairs_runs_at_the_same_lr_and_seed(tmp_path, shift, outcome
                 loss = 4.0 + 0.2 * math.log(lr / 0.08) ** 2 + base
                 loss += (shift if decayed else 0.0) + rng.normal(0, 0.002)
                 write_run(curve, runner, lr, seed, loss, in_regime=False)
-    result = analyze_weight_decay(runner, tmp_path / "figures", seed=0)
+    result = ANALYZERS["weight_decay"](runner, tmp_path / "figures", seed=0)
     claim = claim_of(result, "decay_sphere")
     assert claim["estimate"] == pytest.approx(shift, abs=0.005)
     assert claim["verdict"]["outcome"] == outcome

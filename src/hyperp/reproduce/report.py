@@ -211,7 +211,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"- Command: `{results['command']}` ({results['size_description']}). Rerunning it "
         "resumes: finished runs are kept and the same numbers come back.",
-        f"- Runs: {results['runs']['finished']} finished, {results['runs']['diverged']} diverged "
+        "- Runs (every run the studies here train, those that tune another study's setting "
+        f"included): {results['runs']['finished']} finished, {results['runs']['diverged']} diverged "
         f"(they count as diverged points of their LR curves), {results['runs']['failed']} failed "
         f"otherwise; {results['runs']['training_hours']:.2f} hours of training in total (sum "
         "over runs).",
@@ -256,15 +257,21 @@ def _study_section(index: int, name: str, entry: dict[str, Any]) -> list[str]:
         "",
     ]
     if entry["claims"]:
+        columns = ["claim", "number", "estimate", "95% interval", "holds when", "verdict"]
         lines += _table(
-            ["claim", "number", "estimate", "95% interval", "holds when", "verdict"],
-            _claim_rows(entry["claims"]),
+            [*columns, "replicates dropped"],
+            [
+                [*row, claim.get("dropped")]
+                for row, claim in zip(_claim_rows(entry["claims"]), entry["claims"])
+            ],
         )
         lines.append("")
         notes = [f"{c['label']}: {c['note']}" for c in entry["claims"] if c.get("note")]
         lines += [f"- {note}" for note in notes]
         if notes:
             lines.append("")
+    if entry.get("findings"):
+        lines += ["**What the data say.** " + " ".join(entry["findings"]), ""]
     if entry["numbers"]:
         lines += _table(
             ["number (context, no verdict)", "estimate", "95% interval", "note"],
@@ -284,6 +291,12 @@ def _study_section(index: int, name: str, entry: dict[str, Any]) -> list[str]:
     lines.append(
         f"Runs: {runs['finished']} finished, {runs['diverged']} diverged, {runs['failed']} "
         f"failed; {runs['training_hours']:.2f} training hours."
+        + "".join(
+            f" Besides, it trains {i['finished']} finished and {i['diverged']} diverged runs of "
+            f"the {i['study'].replace('_', '-')} study for {i['what']} "
+            f"({i['training_hours']:.2f} hours)."
+            for i in runs.get("inputs", [])
+        )
     )
     lines.append("")
     lines += [f"- {note}" for note in entry["notes"]]
