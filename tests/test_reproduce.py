@@ -50,7 +50,8 @@ def test_every_size_has_every_sweep_file_and_each_plans():
     for size in SIZES:
         runner = runner_for(size, Path("/nonexistent"))
         rows = runner.plan([s.name for s in STUDIES])
-        assert all(row["runs"] > 0 for row in rows if row["study"] != "stability"), size
+        reads = {s.name for s in STUDIES if s.reads}  # they analyse another study's runs
+        assert all(row["runs"] > 0 for row in rows if row["study"] not in reads), size
 
 
 @pytest.mark.parametrize("size", ["quick", "full"])

@@ -347,3 +347,63 @@ def test_decay_check_pairs_runs_at_the_same_lr_and_seed(tmp_path, shift, outcome
     assert claim["estimate"] == pytest.approx(shift, abs=0.005)
     assert claim["verdict"]["outcome"] == outcome
     assert claim["verdict"]["inside_regime"]  # a property of the code: no regime qualifier
+
+
+# --- The diagnosis of the width drift: synthetic truths, each study's verdicts and words ----
+
+
+def test_width_roles_finds_the_role_whose_optimum_moves(tmp_path):
+    runner = make_runner(tmp_path / "runs")
+    item = study("width_roles")
+    rng = np.random.default_rng(8)
+    for arm in item.arms:  # the head's optimum falls as width^-0.5; the matrices' stays
+        exponent = -0.5 if arm.stem == "roles_head" else 0.0
+        for curve in runner.curves(arm, item.lr_key):
+            assert curve.lr_key == ("optim.head_lr" if arm.stem == "roles_head" else "optim.lr")
+            optimum = 0.07 * (curve.values["model.width"] / 32) ** exponent
+            lr_curve_runs(runner, curve, optimum, rng, noise=0.003, in_regime=False)
+    result = ANALYZERS["width_roles"](runner, tmp_path / "figures", seed=0)
+    head, matrix = claim_of(result, "roles_head"), claim_of(result, "roles_matrix")
+    assert head["estimate"] == pytest.approx(4**-0.5, rel=0.08)
+    assert head["verdict"]["outcome"] == "contradicted"
+    assert matrix["verdict"]["outcome"] == "holds"
+    assert "The drift comes from the head's LR" in result.findings[0]
+
+
+def test_width_tokens_sees_the_drift_shrink_with_tokens(tmp_path):
+    runner = make_runner(tmp_path / "runs")
+    item = study("width_tokens")
+    rng = np.random.default_rng(9)
+    exponents = {80: -0.45, 160: -0.25, 320: 0.0}  # steps: 1x, 2x, 4x
+    for arm in item.arms:
+        for curve in runner.curves(arm, item.lr_key):
+            steps = curve.values.get("train.steps", 80)
+            optimum = 0.07 * (curve.values["model.width"] / 32) ** exponents[steps]
+            lr_curve_runs(runner, curve, optimum, rng, noise=0.003, in_regime=False)
+    result = ANALYZERS["width_tokens"](runner, tmp_path / "figures", seed=0)
+    assert claim_of(result, "width_tokens_2x")["verdict"]["outcome"] == "contradicted"
+    assert claim_of(result, "width_tokens_4x")["verdict"]["outcome"] == "holds"
+    change = claim_of(result, "width_tokens_change")
+    assert change["estimate"] == pytest.approx(0.45, abs=0.08)
+    assert change["verdict"]["outcome"] == "holds"
+    assert "moves toward zero" in result.findings[0]
+
+
+def test_width_pairs_reads_a_finite_width_effect(tmp_path):
+    """The optimum falls from width 32 to 64 (exponent -0.6) and stays from 64 to 128."""
+    runner = make_runner(tmp_path / "runs")
+    width = study("width")
+    rng = np.random.default_rng(10)
+    optima = {32: 0.1, 64: 0.1 * 2**-0.6, 128: 0.1 * 2**-0.6}
+    for curve in runner.curves(width.arms[0], width.lr_key):
+        if curve.values["model.head_init_rule"] == "logit_scale":
+            optimum = optima[curve.values["model.width"]]
+            lr_curve_runs(runner, curve, optimum, rng, noise=0.002, in_regime=False)
+    result = ANALYZERS["width_pairs"](runner, tmp_path / "figures", seed=0)
+    widest = claim_of(result, "width_pair_widest")
+    assert widest["estimate"] == pytest.approx(0.0, abs=0.08)
+    assert widest["verdict"]["outcome"] == "holds"
+    pairs = [n for n in result.numbers if n["name"].startswith("HyperP, logit-scale head: exp")]
+    assert pairs[0]["estimate"] == pytest.approx(-0.6, abs=0.08)
+    assert pairs[0]["interval"][1] < -0.19  # the narrow pair drifts, with its interval
+    assert "as a finite-width effect would" in result.findings[0]

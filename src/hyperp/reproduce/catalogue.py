@@ -44,6 +44,12 @@ THRESHOLDS: dict[str, tuple[float, str]] = {
     "growth": (2.0, "a stability indicator is bounded when it grows less than this factor"),
     "outliers_pct": (1.0, "activation outliers are bounded below this share of elements (%)"),
     "leverage": (1.0, "HyperP needs less compute than Muon when its leverage is above this"),
+    "width_exponent": (
+        math.log(1.3) / math.log(4),
+        "an exponent of the optimal LR against width counts as no drift within this of 0 (and "
+        "a change of exponent as a change beyond it): the exponent that moves the LR by the "
+        "drift threshold over the width study's 4x range",
+    ),
     "regime_tokens_per_param": (
         50 / 3,
         "a study is inside the paper's regime when its median run trains on at least this many "

@@ -22,6 +22,9 @@ from hyperp.reproduce.studies import (
     tokens,
     weight_decay,
     width,
+    width_pairs,
+    width_roles,
+    width_tokens,
 )
 from hyperp.reproduce.studies.common import StudyResult
 
@@ -36,6 +39,9 @@ _MODULES = (
     moe,
     compute,
     stability,
+    width_roles,
+    width_tokens,
+    width_pairs,
 )
 
 STUDIES: tuple[Study, ...] = tuple(module.STUDY for module in _MODULES)
