@@ -235,6 +235,48 @@ def test_smoke_reproduce_end_to_end(smoke, corpus):
         assert (work / "runs" / "report" / "figures" / figure).stat().st_size > 1000
 
 
+@pytest.mark.slow
+def test_smoke_diagnosis_of_the_head_runs_its_own_lr_axis_end_to_end(corpus, tmp_path):
+    """The role-by-role width study through real sweeps: the head's curves sweep
+    optim.head_lr with the other roles fixed, the trainer gives the head that LR, and the
+    report states both roles' verdicts and what they say. Slow (16 runs and an extension,
+    about 3 minutes on 2 busy cores); in CI its parts are covered by the synthetic-run test of
+    the study (the runner reads a curve along optim.head_lr) and the trainer's head_lr test."""
+    command = [
+        sys.executable,
+        "-m",
+        "hyperp",
+        "reproduce",
+        "--smoke",
+        "--only",
+        "width_roles",
+        "--studies",
+        str(STUDIES_DIR),
+        "--out",
+        str(tmp_path / "runs"),
+        "--set",
+        f"data.path={corpus}",
+        "--set",
+        "data.vocab_size=512",
+    ]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    configs = [
+        json.loads(path.read_text())["optim"]
+        for path in (tmp_path / "runs" / "roles_head").glob("*/*/config.json")
+    ]
+    assert configs and {c["lr"] for c in configs} == {0.05}
+    assert {0.025, 0.05, 0.1, 0.2} <= {c["head_lr"] for c in configs}
+    results = json.loads((tmp_path / "runs" / "report" / "results.json").read_text())
+    entry = results["studies"]["width_roles"]
+    assert [c["key"] for c in entry["claims"]] == ["roles_head", "roles_matrix"]
+    assert entry["findings"] and "head's optimum" in entry["findings"][0]
+    text = (tmp_path / "runs" / "REPORT.md").read_text()
+    assert "**What the data say.**" in text and "per-run sigma" in text
+
+
 def test_rerunning_trains_nothing_and_writes_the_same_report(smoke):
     work = smoke["work"]
     report = work / "runs" / "REPORT.md"
