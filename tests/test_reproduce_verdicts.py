@@ -407,3 +407,25 @@ def test_width_pairs_reads_a_finite_width_effect(tmp_path):
     assert pairs[0]["estimate"] == pytest.approx(-0.6, abs=0.08)
     assert pairs[0]["interval"][1] < -0.19  # the narrow pair drifts, with its interval
     assert "as a finite-width effect would" in result.findings[0]
+
+
+def test_moe_transfer_and_balance_from_synthetic_runs(tmp_path):
+    """SqrtGate's optimum stays across k, the softmax gate's falls; the balance weight costs
+    nothing; runs without monitor records leave the RMS claim not resolved, saying why."""
+    runner = make_runner(tmp_path / "runs")
+    item = study("moe")
+    rng = np.random.default_rng(12)
+    for curve in runner.curves(item.arms[0], item.lr_key):
+        k = curve.values["model.moe_granularity"]
+        exponent = 0.0 if curve.values["model.moe_sqrt_gate"] else -0.5
+        lr_curve_runs(runner, curve, 0.07 * k**exponent, rng, noise=0.003, in_regime=False)
+    for curve in runner.curves(item.arms[1], item.lr_key):
+        for seed in curve.seeds:
+            write_run(curve, runner, 0.0, seed, 4.0 + rng.normal(0, 0.002), in_regime=False)
+    result = ANALYZERS["moe"](runner, tmp_path / "figures", seed=0)
+    assert [c["key"] for c in result.claims] == ["moe_transfer", "sqrt_gate_rms", "balance_weight"]
+    assert claim_of(result, "moe_transfer")["verdict"]["outcome"] == "holds"
+    softmax = next(n for n in result.numbers if n["name"].startswith("softmax gate: optimal"))
+    assert softmax["estimate"] == pytest.approx(4**-0.5, rel=0.1)  # k = 1 curve shared
+    assert claim_of(result, "balance_weight")["verdict"]["outcome"] == "holds"
+    assert "no monitored MoE runs" in claim_of(result, "sqrt_gate_rms")["verdict"]["text"]

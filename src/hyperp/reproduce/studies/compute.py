@@ -196,9 +196,6 @@ def _leverage_at_largest(cells: ComputeCells, method: str, baseline: str, best: 
 
 
 def analyze(runner: Runner, figures: Path, seed: int) -> StudyResult:
-    from hyperp.analysis.plots import Trend as PlotTrend
-    from hyperp.analysis.plots import TrendPanel, plot_trends, save_figure
-
     item = STUDY
     result = StudyResult(item.name)
     tables = []
@@ -213,12 +210,33 @@ def analyze(runner: Runner, figures: Path, seed: int) -> StudyResult:
         if arm.stem in runner.lr_sources
     ]
     inside = regime(result.records)["inside"]
-    primary, muon = HYPERP_HEADS[PRIMARY_HEAD], "Muon"
     cells = compute_cells(runner, lambda r: r.get("val_loss"), seed)
     if cells is None:
         for key in ("leverage_transferred", "leverage_best"):
             result.claims.append(claim_result(key, math.nan, np.array([]), inside, "no runs"))
         return result
+    rows = _leverage_claims(result, cells, inside)
+    _other_heads(result, cells)
+    _paired_differences(result, cells)
+    _reference_power_law(result, cells)
+    result.tables.append(
+        {
+            "title": "Leverage at each Muon scale (local interpolation of HyperP's points)",
+            "columns": ["HyperP", "LR", "Muon depth", "Muon FLOPs", "Muon loss", "leverage"],
+            "rows": rows,
+        }
+    )
+    result.tables.append(
+        noise_table({"every compute run (cells paired by seed)": cells.noise}, False)
+    )
+    result.tables.append(_loss_table(cells))
+    result.figures.append(_figure(cells, figures))
+    return result
+
+
+def _leverage_claims(result: StudyResult, cells: ComputeCells, inside: bool) -> list[list[Any]]:
+    """Both leverage claims (transferred LR, best of bracket); the rows of their table."""
+    primary, muon = HYPERP_HEADS[PRIMARY_HEAD], "Muon"
     rows = []
     for key, best in (("leverage_transferred", False), ("leverage_best", True)):
         found = _leverage_at_largest(cells, primary, muon, best)
@@ -240,6 +258,11 @@ def analyze(runner: Runner, figures: Path, seed: int) -> StudyResult:
                     float(point[index]),
                 ]
             )
+    return rows
+
+
+def _other_heads(result: StudyResult, cells: ComputeCells) -> None:
+    muon = "Muon"
     for variant in (HYPERP_HEADS["fixed"], HYPERP_HEADS["inverse_width"]):
         found = _leverage_at_largest(cells, variant, muon, False)
         if found is not None:
@@ -251,10 +274,14 @@ def analyze(runner: Runner, figures: Path, seed: int) -> StudyResult:
                     reps,
                 )
             )
-    # Paired loss differences per scale, and the (reference only) power-law leverage.
+
+
+def _paired_differences(result: StudyResult, cells: ComputeCells) -> None:
+    """Muon's loss minus HyperP's at each scale, paired by seed."""
+    primary, muon = HYPERP_HEADS[PRIMARY_HEAD], "Muon"
     for best in (False, True):
-        d_m, f_m, l_m, r_m = method_curve(cells, primary, best)
-        d_b, f_b, l_b, r_b = method_curve(cells, muon, best)
+        d_m, _, l_m, r_m = method_curve(cells, primary, best)
+        d_b, _, l_b, r_b = method_curve(cells, muon, best)
         for depth in sorted(set(d_m) & set(d_b)):
             i, j = list(d_m).index(depth), list(d_b).index(depth)
             what = "best of bracket" if best else "transferred LR"
@@ -265,8 +292,13 @@ def analyze(runner: Runner, figures: Path, seed: int) -> StudyResult:
                     r_b[:, j] - r_m[:, i],
                 )
             )
-    d_m, f_m, l_m, _ = method_curve(cells, primary, False)
-    d_b, f_b, l_b, _ = method_curve(cells, muon, False)
+
+
+def _reference_power_law(result: StudyResult, cells: ComputeCells) -> None:
+    """A power law through HyperP's points, for reference only (it decides nothing)."""
+    primary, muon = HYPERP_HEADS[PRIMARY_HEAD], "Muon"
+    _, f_m, l_m, _ = method_curve(cells, primary, False)
+    _, f_b, l_b, _ = method_curve(cells, muon, False)
     if np.isfinite(l_m).sum() >= 2 and np.isfinite(l_b).sum() >= 1:
         import warnings
 
@@ -280,16 +312,9 @@ def analyze(runner: Runner, figures: Path, seed: int) -> StudyResult:
             + ", ".join(f"{v:.3g}" for v in reference)
             + " at Muon's points."
         )
-    result.tables.append(
-        {
-            "title": "Leverage at each Muon scale (local interpolation of HyperP's points)",
-            "columns": ["HyperP", "LR", "Muon depth", "Muon FLOPs", "Muon loss", "leverage"],
-            "rows": rows,
-        }
-    )
-    result.tables.append(
-        noise_table({"every compute run (cells paired by seed)": cells.noise}, False)
-    )
+
+
+def _loss_table(cells: ComputeCells) -> dict[str, Any]:
     loss_rows = []
     for index, (variant, depth, step) in enumerate(cells.order):
         loss_rows.append(
@@ -303,13 +328,18 @@ def analyze(runner: Runner, figures: Path, seed: int) -> StudyResult:
                 len(cells.records[(variant, depth, step)]),
             ]
         )
-    result.tables.append(
-        {
-            "title": "Validation loss per scale and LR (step: half-octaves from the transferred LR)",
-            "columns": ["method", "depth", "LR step", "FLOPs", "val loss", "95% interval", "seeds"],
-            "rows": loss_rows,
-        }
-    )
+    return {
+        "title": "Validation loss per scale and LR (step: half-octaves from the transferred LR)",
+        "columns": ["method", "depth", "LR step", "FLOPs", "val loss", "95% interval", "seeds"],
+        "rows": loss_rows,
+    }
+
+
+def _figure(cells: ComputeCells, figures: Path) -> dict[str, str]:
+    from hyperp.analysis.plots import Trend as PlotTrend
+    from hyperp.analysis.plots import TrendPanel, plot_trends, save_figure
+
+    primary, muon = HYPERP_HEADS[PRIMARY_HEAD], "Muon"
     trends = []
     for variant in dict.fromkeys(v for v, _, _ in cells.order):
         for best in (False, True):
@@ -340,5 +370,4 @@ def analyze(runner: Runner, figures: Path, seed: int) -> StudyResult:
     )
     path = figures / "compute.png"
     save_figure(figure, path)
-    result.figures.append({"path": str(path), "caption": "loss against compute"})
-    return result
+    return {"path": str(path), "caption": "loss against compute"}

@@ -102,20 +102,36 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 
+def k_of(curve: Curve) -> float:
+    return float(curve.value("model.moe_granularity") or 1)
+
+
 def analyze(runner: Runner, figures: Path, seed: int) -> StudyResult:
-    item = STUDY
-    result = StudyResult(item.name)
-    tables = study_tables(runner, item)
+    result = StudyResult(STUDY.name)
+    tables = study_tables(runner, STUDY)
     collect(result, tables)
     inside = regime(result.records)["inside"]
     lr_tables = [(c, t) for c, t in tables if c.arm.stem == "moe"]
     noises: dict[str, Noise] = {}
     samples = lr_samples(runner, lr_tables, seed, noises)
+    _transfer(result, samples, inside)
+    _rms_at_init(result, lr_tables, runner.size.replicates, seed + 7, inside)
+    balance = [(c, t) for c, t in tables if c.arm.stem == "moe_balance"]
+    _balance(result, balance, runner.size.replicates, seed + 11, inside)
+    result.tables.append(curve_rows(samples, "k", k_of))
+    result.tables.append(noise_table(noises))
+    if has_runs(samples):
+        paths = lr_figure(figures, "moe", STUDY.title, samples, "active experts k", k_of, "LR")
+        result.figures += [
+            {"path": paths["optima"], "caption": "optimal LR against k"},
+            {"path": paths["curves"], "caption": "loss against LR per k"},
+        ]
+    return result
 
-    def k_of(curve: Curve) -> float:
-        return float(curve.value("model.moe_granularity") or 1)
 
-    # k = 1 is the same function under both gates: its curve serves both variants.
+def _transfer(result: StudyResult, samples: dict, inside: bool) -> None:
+    """The optimum across k per gate; k = 1 is the same function under both gates, so its
+    curve serves both variants."""
     shared = [m for m in samples.get("SqrtGate", []) if k_of(m[0]) == 1]
     if (
         "softmax gate" in samples
@@ -132,7 +148,9 @@ def analyze(runner: Runner, figures: Path, seed: int) -> StudyResult:
         )
     result.claims.append(drift_claim("moe_transfer", drifts, "SqrtGate", inside))
 
-    # MoE branch RMS at initialization (the step-1 monitor record: before any update).
+
+def _rms_at_init(result: StudyResult, lr_tables, replicates: int, seed: int, inside: bool) -> None:
+    """The MoE branch RMS at initialization (the step-1 monitor record: before any update)."""
     cells, seeds, values = [], [], []
     for curve, table in lr_tables:
         seen = set()
@@ -146,49 +164,43 @@ def analyze(runner: Runner, figures: Path, seed: int) -> StudyResult:
                 cells.append(key[:2])
                 seeds.append(key[2])
                 values.append(math.log(value))
-    rms_rows = []
-    if cells:
-        table, order = CellTable.from_runs(cells, seeds, values)
-        sample = bootstrap_cells(table, replicates=runner.size.replicates, seed=seed + 7)
-        for gate in ("SqrtGate", "softmax gate"):
-            index = [i for i, cell in enumerate(order) if cell[0] == gate]
-            if gate == "softmax gate":
-                index += [i for i, cell in enumerate(order) if cell == ("SqrtGate", 1.0)]
-            if len(index) < 2:
-                continue
-            point = sample.estimate[index]
-            reps = sample.replicates[:, index]
-            estimate = float(np.exp(point.max() - point.min()))
-            ratio_reps = np.exp(reps.max(axis=1) - reps.min(axis=1))
-            if gate == "SqrtGate":
-                result.claims.append(claim_result("sqrt_gate_rms", estimate, ratio_reps, inside))
-            else:
-                result.numbers.append(
-                    number(
-                        "softmax gate: largest over smallest MoE branch RMS across k at init",
-                        estimate,
-                        ratio_reps,
-                    )
-                )
-        for i, (gate, k) in enumerate(order):
-            bounds = interval_of(sample.replicates[:, i])
-            label = "either (the same function)" if k == 1 else gate
-            rms_rows.append([label, k, float(np.exp(sample.estimate[i])), stored(np.exp(bounds))])
-    else:
+    if not cells:
         result.claims.append(
             claim_result("sqrt_gate_rms", math.nan, np.array([]), inside, "no monitored MoE runs")
         )
-    if rms_rows:
-        result.tables.append(
-            {
-                "title": "MoE branch output RMS at initialization (geometric mean over seeds)",
-                "columns": ["gate", "k", "RMS", "95% interval"],
-                "rows": rms_rows,
-            }
-        )
+        return
+    table, order = CellTable.from_runs(cells, seeds, values)
+    sample = bootstrap_cells(table, replicates=replicates, seed=seed)
+    for gate in ("SqrtGate", "softmax gate"):
+        index = [i for i, cell in enumerate(order) if cell[0] == gate]
+        if gate == "softmax gate":
+            index += [i for i, cell in enumerate(order) if cell == ("SqrtGate", 1.0)]
+        if len(index) < 2:
+            continue
+        point, reps = sample.estimate[index], sample.replicates[:, index]
+        estimate = float(np.exp(point.max() - point.min()))
+        ratio_reps = np.exp(reps.max(axis=1) - reps.min(axis=1))
+        if gate == "SqrtGate":
+            result.claims.append(claim_result("sqrt_gate_rms", estimate, ratio_reps, inside))
+        else:
+            name = "softmax gate: largest over smallest MoE branch RMS across k at init"
+            result.numbers.append(number(name, estimate, ratio_reps))
+    rows = []
+    for i, (gate, k) in enumerate(order):
+        bounds = interval_of(sample.replicates[:, i])
+        label = "either (the same function)" if k == 1 else gate
+        rows.append([label, k, float(np.exp(sample.estimate[i])), stored(np.exp(bounds))])
+    result.tables.append(
+        {
+            "title": "MoE branch output RMS at initialization (geometric mean over seeds)",
+            "columns": ["gate", "k", "RMS", "95% interval"],
+            "rows": rows,
+        }
+    )
 
-    # Balance weight: loss at 0.1 against 0.001, paired by seed.
-    balance = [(c, t) for c, t in tables if c.arm.stem == "moe_balance"]
+
+def _balance(result: StudyResult, balance, replicates: int, seed: int, inside: bool) -> None:
+    """The loss at the largest balance weight against the smallest, paired by seed."""
     cells, seeds, values, maxvio = [], [], [], {}
     for curve, table in balance:
         weight = float(curve.value("model.moe_balance_weight"))
@@ -199,44 +211,26 @@ def analyze(runner: Runner, figures: Path, seed: int) -> StudyResult:
                 seeds.append(int(record_value(record, "train.seed") or 0))
                 values.append(float(loss))
                 maxvio.setdefault(weight, []).append(last_monitor(record, "maxvio"))
-    if len(set(cells)) >= 2:
-        table, order = CellTable.from_runs(cells, seeds, values)
-        sample = bootstrap_cells(table, replicates=runner.size.replicates, seed=seed + 11)
-        high, low = order.index(max(order)), order.index(min(order))
-        estimate = float(sample.estimate[high] - sample.estimate[low])
-        reps = sample.replicates[:, high] - sample.replicates[:, low]
-        result.claims.append(
-            claim_result(
-                "balance_weight",
-                estimate,
-                reps,
-                inside,
-                note=f"weights {max(order):g} and {min(order):g}",
-            )
-        )
-        rows = []
-        for i, weight in sorted(enumerate(order), key=lambda x: x[1]):
-            bounds = stored(interval_of(sample.replicates[:, i]))
-            rows.append(
-                [weight, float(sample.estimate[i]), bounds, float(np.nanmean(maxvio[weight]))]
-            )
-        result.tables.append(
-            {
-                "title": "Load-balancing weight (validation loss, mean over seeds; final MaxVio)",
-                "columns": ["balance weight", "val loss", "95% interval", "MaxVio"],
-                "rows": rows,
-            }
-        )
-    else:
+    if len(set(cells)) < 2:
         result.claims.append(
             claim_result("balance_weight", math.nan, np.array([]), inside, "no balance runs")
         )
-    result.tables.append(curve_rows(samples, "k", k_of))
-    result.tables.append(noise_table(noises))
-    if has_runs(samples):
-        paths = lr_figure(figures, "moe", item.title, samples, "active experts k", k_of, "LR")
-        result.figures += [
-            {"path": paths["optima"], "caption": "optimal LR against k"},
-            {"path": paths["curves"], "caption": "loss against LR per k"},
-        ]
-    return result
+        return
+    table, order = CellTable.from_runs(cells, seeds, values)
+    sample = bootstrap_cells(table, replicates=replicates, seed=seed)
+    high, low = order.index(max(order)), order.index(min(order))
+    estimate = float(sample.estimate[high] - sample.estimate[low])
+    reps = sample.replicates[:, high] - sample.replicates[:, low]
+    note = f"weights {max(order):g} and {min(order):g}"
+    result.claims.append(claim_result("balance_weight", estimate, reps, inside, note=note))
+    rows = []
+    for i, weight in sorted(enumerate(order), key=lambda x: x[1]):
+        bounds = stored(interval_of(sample.replicates[:, i]))
+        rows.append([weight, float(sample.estimate[i]), bounds, float(np.nanmean(maxvio[weight]))])
+    result.tables.append(
+        {
+            "title": "Load-balancing weight (validation loss, mean over seeds; final MaxVio)",
+            "columns": ["balance weight", "val loss", "95% interval", "MaxVio"],
+            "rows": rows,
+        }
+    )
