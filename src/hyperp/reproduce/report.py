@@ -2,50 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
+from hyperp.analysis.markdown import cell as _number
+from hyperp.analysis.markdown import interval as _interval
+from hyperp.analysis.markdown import table as _table
 from hyperp.reproduce.results import headline
 
 __all__ = ["render_markdown"]
-
-
-def _number(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}" if abs(value) >= 10000 else str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "n/a"
-        if value.is_integer() and 1 <= abs(value) < 1e9:
-            return _number(int(value))
-        return f"{value:.{digits}g}"
-    if isinstance(value, list) and len(value) == 2:
-        return _interval(value)
-    return str(value)
-
-
-def _interval(pair: Sequence[Any] | None) -> str:
-    if not pair:
-        return "-"
-    low, high = pair
-    if low == "unbounded":
-        return "unbounded"
-    if low is None or high is None:
-        return "-"
-    return f"[{_number(low)}, {_number(high)}]"
-
-
-def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [_number(cell).replace("|", "/").replace("\n", " ") for cell in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
 
 
 def _estimate(claim: dict[str, Any]) -> tuple[str, str]:
