@@ -166,6 +166,16 @@ def test_set_values_are_typed_by_the_config_parser():
         ReproduceOptions(only=("widht",))
 
 
+def test_diagnosis_studies_run_only_when_named():
+    diagnoses = ["width_roles", "width_tokens", "width_pairs"]
+    everything = ReproduceOptions(size="quick").selected
+    assert everything[:2] == ["weight_decay", "width"] and not set(diagnoses) & set(everything)
+    assert ReproduceOptions(size="quick", only=("width_pairs", "width")).selected == [
+        "width",
+        "width_pairs",
+    ]
+
+
 # --- The report: rendered from results, never mixing sizes --------------------------------
 
 

@@ -203,6 +203,7 @@ class Study:
     scale_key: str | None  # the axis each claim compares curves along
     lr_key: str = "optim.lr"
     reads: str | None = None  # a study that analyses another study's runs (stability)
+    on_request: bool = False  # a diagnosis beyond the paper's claims: runs only when named
 
 
 HYPERP_HEADS = {

@@ -39,6 +39,10 @@ def _claim_rows(claims: Sequence[dict[str, Any]], with_study: dict[str, str] | N
     return rows
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
 def _regime_row(entry: dict[str, Any]) -> list[Any]:
     regime = entry["regime"]
     if not regime.get("runs"):
@@ -226,7 +230,7 @@ def _study_section(index: int, name: str, entry: dict[str, Any]) -> list[str]:
         lines += _table(
             [*columns, "replicates dropped"],
             [
-                [*row, claim.get("dropped")]
+                [*row, _share(claim.get("dropped"))]
                 for row, claim in zip(_claim_rows(entry["claims"]), entry["claims"])
             ],
         )

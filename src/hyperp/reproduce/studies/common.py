@@ -370,7 +370,7 @@ def curve_rows(
             "finite LRs below / above best",
             "LRs x seeds",
             "diverged LRs",
-            "replicates dropped (no usable optimum)",
+            "share of replicates without a usable optimum",
             "fit",
         ],
         "rows": rows,

@@ -43,6 +43,7 @@ STUDY = Study(
     ),
     arms=(),
     scale_key="model.width",
+    on_request=True,
     reads="width",
 )
 

@@ -39,6 +39,7 @@ STUDY = Study(
         Arm("roles_matrix", OTHERS),
     ),
     scale_key="model.width",
+    on_request=True,
 )
 
 CLAIMS: tuple[Claim, ...] = (

@@ -48,6 +48,7 @@ STUDY = Study(
         Arm("width_tokens", LONGER, "train.steps"),
     ),
     scale_key="model.width",
+    on_request=True,
 )
 
 CLAIMS: tuple[Claim, ...] = (
