@@ -192,7 +192,7 @@ def reproduce(options: ReproduceOptions) -> Path:
     # Refuse to mix sizes before anything is trained or written.
     merge_results(existing, {}, size=options.size, out=out_text, replace_all=not options.only)
     if options.run:
-        check_corpus(runner, [n for n in selected if study(n).arms] or ["compute"])
+        check_corpus(runner, list(dict.fromkeys(study(n).reads or n for n in selected)))
         for name in selected:
             item = study(name)
             options.log(f"{item.title}")
