@@ -203,3 +203,36 @@ def test_muon_scale_follows_the_stored_layout_of_gpt2_conv1d():
     assert assign_roles(nn.Sequential(plain))[0].transposed
     with pytest.raises(ValueError, match="transposed must be True or False"):
         Muon([nn.Parameter(torch.randn(4, 4))], transposed="yes")
+
+
+def test_head_lr_sets_the_heads_own_lr_and_the_scheduler_drives_it():
+    model = HFStyleLM()
+    opt = build_optimizer(model, "hyperp", lr=0.01, head_lr=0.3)
+    lrs = {g["role"]: g["lr"] for g in opt.param_groups}
+    assert lrs.pop("head") == pytest.approx(0.3)
+    assert set(lrs.values()) == {0.01}
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    head = next(g for g in opt.param_groups if g["role"] == "head")
+    assert head["lr"] == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="head_lr must be positive"):
+        build_optimizer(model, "hyperp", lr=0.01, head_lr=0.0)
+
+
+def test_the_trainer_gives_the_head_its_configured_lr(corpus, tmp_path):
+    """optim.head_lr reaches the trainer's optimizer: equal to optim.lr it changes nothing (the
+    same computation, bit for bit); ten times larger it changes the trained head."""
+    from hyperp.train import load_config
+    from hyperp.train.trainer import train
+    from training import config, final_weights
+
+    settings = {"optim.lr": 0.02, "train.steps": 3, "train.checkpoint_every": 3}
+    runs = {}
+    for name, head_lr in (("plain", None), ("same", 0.02), ("larger", 0.2)):
+        extra = {} if head_lr is None else {"optim.head_lr": head_lr}
+        train(config(corpus, **settings, **extra), tmp_path / name)
+        runs[name] = final_weights(tmp_path / name)
+    head = "head.weight"
+    assert torch.equal(runs["plain"][head], runs["same"][head])
+    assert not torch.equal(runs["plain"][head], runs["larger"][head])
+    with pytest.raises(ValueError, match="optim.head_lr must be positive"):
+        load_config(None, {"optim.head_lr": -1.0})

@@ -3,17 +3,23 @@
 A study is a set of LR sweeps (``Sweep``: distinct LRs x seeds) or of cells measured once per
 seed (``CellTable``: e.g. one method at one scale and one LR). Each run's loss is modelled as
 
-    loss[point, seed] = fitted[point] + offset[seed] + deviation
+    loss[point, seed] = fitted[point] + offset[seed] + tilt[seed] * ln(lr) + deviation
 
-where ``fitted`` is the quadratic in ln(lr) around a sweep's optimum (or a cell's mean) and
-``offset`` is the seed's shift, shared by every run with that seed in a block (the same data
-order and initialization), so it cancels when runs of one block are compared. A replicate draws
-every deviation, with replacement, from the deviations of all the study's runs (pooled, rescaled
-for the parameters fitted and widened by the t/normal quantile ratio of their degrees of
-freedom), adds them back, and redoes every fit downstream. Replicates keep the LRs, the seeds and
-the pairing of the real runs; the 95% percentile interval of any statistic computed from them
-is its interval. A study too small to estimate its noise (no residual degree of freedom) has
-undefined replicates, and so unbounded intervals.
+where ``fitted`` is the quadratic in ln(lr) around a sweep's optimum (or a cell's mean),
+``offset`` the seed's shift, shared by every run with that seed in a block (the same data order
+and initialization), so it cancels when runs of one block are compared, and ``tilt`` the seed's
+slope in ln(lr) (sweeps only): a seed that favours larger LRs moves the optimum, which a
+constant offset cannot. A replicate draws every deviation, with replacement, from the
+deviations of all the study's runs (pooled, rescaled for the parameters fitted and widened by
+the t/normal quantile ratio of their degrees of freedom), draws a new tilt for every seed of
+every sweep from the tilts' own spread (seed level: its variance is measured between the seeds
+of each sweep, less the part the deviations already carry, and widened for its degrees of
+freedom), adds them back, and redoes every fit downstream, each sweep's choice of window and
+best LR and the acceptance of its optimum included. Replicates keep the LRs, the seeds and the
+pairing of the real runs; the 95% percentile interval of any statistic computed from them is
+its interval, and the share of replicates without a usable optimum is reported. A study too
+small to estimate its noise (no residual degree of freedom) has undefined replicates, and so
+unbounded intervals; a study with one seed per sweep cannot measure tilts and says so.
 """
 
 from __future__ import annotations
@@ -27,9 +33,9 @@ import numpy as np
 from hyperp.analysis.fits import (
     DEFAULT_WINDOW,
     LROptimum,
+    fit_lr_optima,
     fit_lr_optimum,
     t_widening,
-    vertices,
 )
 
 __all__ = [
@@ -45,10 +51,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Noise:
-    """The per-run noise a study's residuals imply: ``sigma`` with ``degrees`` of freedom."""
+    """The per-run noise a study's residuals imply: ``sigma`` with ``degrees`` of freedom; for
+    sweeps also the spread of the seeds' tilts in ln(lr) (loss per unit of ln lr) with its
+    degrees of freedom (0: one seed per sweep, not measured)."""
 
     sigma: float
     degrees: int
+    tilt_sigma: float = math.nan
+    tilt_degrees: int = 0
 
     @property
     def known(self) -> bool:
@@ -106,6 +116,11 @@ class SweepSample:
     @property
     def usable(self) -> bool:
         return self.fit is not None and self.fit.usable
+
+    @property
+    def dropped(self) -> float:
+        """The share of replicates without a usable optimum (NaN without replicates)."""
+        return float(np.mean(~np.isfinite(self.log_lr))) if self.log_lr.size else math.nan
 
 
 @dataclass
@@ -174,8 +189,98 @@ def _pool(deviations: list[np.ndarray], degrees: int) -> tuple[np.ndarray, Noise
     return pool, Noise(sigma, degrees)
 
 
-def _window_rows(sweep: Sweep, fit: LROptimum) -> np.ndarray:
-    return np.isin(sweep.lrs, fit.lrs)
+@dataclass
+class _Parts:
+    """One sweep split as the module docstring models it (``x``: ln lr minus the window's mean,
+    over the whole grid)."""
+
+    base: np.ndarray  # the parabola in the window, the mean loss outside it (inf: diverged)
+    x: np.ndarray
+    offsets: np.ndarray
+    observed: np.ndarray  # runs present at each LR and seed (finite)
+    noise: float  # the noise of a mean the point estimate was judged against
+
+
+def _seed_lines(
+    residual: np.ndarray, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per seed (columns of ``residual``, NaN: no run) an offset and a tilt in ``x``, both with
+    mean zero over the seeds that have one. Returns (offsets, tilts, has tilt, sum of squares of
+    x about each seed's own mean)."""
+    seeds = residual.shape[1]
+    offsets, tilts, sxx = np.zeros(seeds), np.zeros(seeds), np.full(seeds, math.nan)
+    has_offset, has_tilt = np.zeros(seeds, bool), np.zeros(seeds, bool)
+    for j in range(seeds):
+        present = np.isfinite(residual[:, j])
+        if not present.any():
+            continue
+        has_offset[j] = True
+        xj, rj = x[present], residual[present, j]
+        centred = xj - xj.mean()
+        offsets[j] = rj.mean()
+        if np.unique(xj).size >= 2:
+            has_tilt[j] = True
+            sxx[j] = float(centred @ centred)
+            tilts[j] = float(centred @ rj) / sxx[j]
+            offsets[j] -= tilts[j] * xj.mean()
+    for values, present in ((offsets, has_offset), (tilts, has_tilt)):
+        if present.any():
+            values[present] -= values[present].mean()
+    return offsets, tilts, has_tilt, sxx
+
+
+def _tilt_spread(tilts: list[np.ndarray], sxx: list[np.ndarray], sigma: float) -> tuple[float, int]:
+    """The standard deviation of a seed's tilt between seeds and its degrees of freedom: the
+    spread of the measured tilts (mean zero within each sweep) less what the run noise alone
+    puts into a measured tilt (sigma^2 / Sxx)."""
+    degrees = sum(max(t.size - 1, 0) for t in tilts)
+    if degrees < 1 or not math.isfinite(sigma):
+        return math.nan, degrees
+    total = sum(float(t @ t) for t in tilts) / degrees
+    from_noise = sigma**2 * float(np.mean(1 / np.concatenate(sxx)))
+    return math.sqrt(max(total - from_noise, 0.0)), degrees
+
+
+def _split(sweep: Sweep, fit: LROptimum) -> tuple[_Parts, np.ndarray, np.ndarray, np.ndarray]:
+    """A sweep's runs split into the model's parts; also its deviations, its measured tilts and
+    their Sxx (window only)."""
+    rows = np.isin(sweep.lrs, fit.lrs)
+    log_lr = np.log(sweep.lrs)
+    x = log_lr - float(log_lr[rows].mean())
+    observed = np.isfinite(sweep.losses)
+    residual = np.where(
+        observed[rows], sweep.losses[rows] - fit.curve(sweep.lrs[rows])[:, None], np.nan
+    )
+    offsets, tilts, has_tilt, sxx = _seed_lines(residual, x[rows])
+    deviation = residual - offsets[None, :] - tilts[None, :] * x[rows, None]
+    base = sweep.means.copy()
+    base[rows] = fit.curve(sweep.lrs[rows])
+    parts = _Parts(base, x, offsets, observed, math.nan)
+    return parts, deviation, tilts[has_tilt], sxx[has_tilt]
+
+
+def _degrees(deviation: np.ndarray, tilts: np.ndarray) -> int:
+    """Residual degrees of freedom of one window: its runs less the parabola (3), the seed
+    offsets and the seed tilts (each one fewer than its seeds: their means are the parabola's)."""
+    present = np.isfinite(deviation)
+    seeds = int(present.any(axis=0).sum())
+    return int(present.sum()) - 3 - max(seeds - 1, 0) - max(tilts.size - 1, 0)
+
+
+def _replicate_means(
+    parts: _Parts, sweep: Sweep, pool: np.ndarray, tilt: float, rng: np.random.Generator, count: int
+) -> np.ndarray:
+    """``count`` replicates of the sweep's mean loss per LR (the module docstring's model)."""
+    observed = parts.observed
+    draws = rng.choice(pool, size=(count, *observed.shape))
+    tilts = rng.normal(0.0, tilt, size=(count, 1, observed.shape[1])) if tilt > 0 else 0.0
+    runs = parts.base[None, :, None] + parts.offsets[None, None, :] + draws
+    runs = runs + tilts * parts.x[None, :, None]
+    counts = observed.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(observed[None], runs, 0.0).sum(axis=2) / counts[None, :]
+    fixed = ~np.isfinite(parts.base) | (counts == 0)  # diverged or never run: as observed
+    return np.where(fixed[None, :], sweep.means[None, :], means)
 
 
 def bootstrap_sweeps(
@@ -189,60 +294,59 @@ def bootstrap_sweeps(
 
     The optimum is fitted to the per-LR mean losses (``window`` distinct LRs either side of the
     best, see :func:`hyperp.analysis.fit_lr_optimum`) and judged against the noise of a mean.
-    The deviations of every run from its sweep's parabola and seed offset are pooled over the
-    sweeps given (they share one noise level), as in the module docstring. A replicate whose
-    parabola opens downward has a NaN optimum.
+    The deviations and seed tilts of every run are pooled over the sweeps given (they share
+    one noise level), as in the module docstring. A replicate chooses its own window and best
+    LR and keeps its optimum only where the point estimate's rule would
+    (:func:`hyperp.analysis.fits.fit_lr_optima`); elsewhere it is NaN, and
+    ``SweepSample.dropped`` is that share.
     """
     samples: list[SweepSample] = []
+    parts: list[_Parts | None] = []
     deviations: list[np.ndarray] = []
+    tilts: list[np.ndarray] = []
+    sxx: list[np.ndarray] = []
     degrees = 0
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for sweep in sweeps:
-        means = sweep.means
         try:
-            first = fit_lr_optimum(sweep.lrs, means, window=window, bootstrap=0)
+            first = fit_lr_optimum(sweep.lrs, sweep.means, window=window, bootstrap=0)
         except ValueError as error:
             samples.append(SweepSample(sweep, None, str(error)))
-            parts.append((np.array([]),) * 4)
+            parts.append(None)
             continue
-        rows = _window_rows(sweep, first)
-        table = sweep.losses[rows]
-        observed = np.isfinite(table)
-        fitted = first.curve(sweep.lrs[rows])
-        residual = np.where(observed, table - fitted[:, None], np.nan)
-        offsets = _seed_offsets(residual, np.zeros(rows.sum(), dtype=int))[0]
-        deviation = np.where(observed, residual - offsets[None, :], np.nan)
-        seeds_present = int(observed.any(axis=0).sum())
-        degrees += int(observed.sum()) - 3 - (seeds_present - 1)
+        split, deviation, measured, spread = _split(sweep, first)
+        degrees += _degrees(deviation, measured)
         deviations.append(deviation)
-        parts.append((sweep.lrs[rows], fitted, offsets, observed))
+        if measured.size:
+            tilts.append(measured)
+            sxx.append(spread)
+        parts.append(split)
         samples.append(SweepSample(sweep, first))
     pool, noise = _pool(deviations, degrees)
+    tilt_sigma, tilt_degrees = _tilt_spread(tilts, sxx, noise.sigma)
+    noise = Noise(noise.sigma, noise.degrees, tilt_sigma, tilt_degrees)
+    tilt_draw = tilt_sigma * t_widening(tilt_degrees) if tilt_degrees >= 1 else 0.0
     rng = np.random.default_rng(seed)
-    for sample, (lrs, fitted, offsets, observed) in zip(samples, parts):
-        if sample.fit is None:
+    for sample, split in zip(samples, parts):
+        if sample.fit is None or split is None:
             continue
-        counts = np.maximum(observed.sum(axis=1), 1)
+        window_counts = split.observed[np.isin(sample.sweep.lrs, sample.fit.lrs)].sum(axis=1)
+        split.noise = noise.sigma / math.sqrt(float(max(window_counts.min(), 1)))
         if noise.known:
             sample.fit = fit_lr_optimum(
                 sample.sweep.lrs,
                 sample.sweep.means,
                 window=window,
-                noise=noise.sigma / math.sqrt(float(counts.min())),
+                noise=split.noise,
                 bootstrap=0,
             )
         if pool.size == 0:
             sample.log_lr = np.full(replicates, math.nan)
             sample.loss = np.full(replicates, math.nan)
             continue
-        draws = rng.choice(pool, size=(replicates, *observed.shape))
-        runs = fitted[None, :, None] + offsets[None, None, :] + draws
-        means = np.where(observed[None], runs, 0.0).sum(axis=2) / counts[None, :]
-        centre = float(np.mean(np.log(lrs)))
-        design = np.log(lrs) - centre
-        matrix = np.stack([design**2, design, np.ones_like(design)], axis=1)
-        log_lr, loss = vertices(means @ np.linalg.pinv(matrix).T)
-        sample.log_lr, sample.loss = log_lr + centre, loss
+        means = _replicate_means(split, sample.sweep, pool, tilt_draw, rng, replicates)
+        sample.log_lr, sample.loss = fit_lr_optima(
+            sample.sweep.lrs, means, window=window, noise=split.noise
+        )
     return samples, noise
 
 

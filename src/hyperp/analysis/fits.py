@@ -263,6 +263,37 @@ def percentile_interval(
     return float(low), float(high)
 
 
+def _local_checks(
+    a: np.ndarray,
+    vertex_loss: np.ndarray,
+    log_grid: np.ndarray,
+    means: np.ndarray,
+    curve: np.ndarray,
+    best: int,
+    noise: float,
+    noise_given: bool,
+) -> tuple[np.ndarray, ...]:
+    """The two reliability checks of :func:`_reliability` for many fits of one window at once:
+    ``means``/``curve`` are rows (one per fit) of the mean and fitted loss at the window's
+    distinct LRs ``log_grid``, ``best`` the column of the best mean. Returns (too low, gap,
+    allowed, misses, miss, rise) where "too low" and "misses" are the failed checks."""
+    neighbours = [i for i in (best - 1, best + 1) if 0 <= i < log_grid.size]
+    half_step = max(abs(log_grid[i] - log_grid[best]) for i in neighbours) / 2
+    curvature = np.asarray(a, dtype=float)
+    if len(neighbours) == 2:  # the local curvature, which a far point cannot inflate
+        x, y = log_grid[best - 1 : best + 2], means[:, best - 1 : best + 2]
+        slopes = (y[:, 1:] - y[:, :-1]) / (x[1:] - x[:-1])
+        curvature = (slopes[:, 1] - slopes[:, 0]) / (x[2] - x[0])
+    # The vertex may lie half a grid step from the best point, so up to a·h² below it, plus noise.
+    allowed = np.maximum(curvature, 0.0) * half_step**2 + 2 * noise
+    gap = means[:, best] - vertex_loss
+    too_low = gap > allowed + 1e-12
+    rise = np.max(means[:, neighbours] - means[:, [best]], axis=1)
+    miss = np.abs(means[:, best] - curve[:, best])
+    misses = ~too_low & (miss > np.maximum(rise, 2 * noise if noise_given else 0.0) + 1e-12)
+    return too_low, gap, allowed, misses, miss, rise
+
+
 def _reliability(
     a: float,
     vertex_loss: float,
@@ -278,34 +309,64 @@ def _reliability(
     second allows only a known ``noise`` (not the fit's own residuals, which a point far out
     inflates), so a parabola bent by far points cannot excuse itself."""
     grid = np.unique(lr_fit)
-    means = np.array([loss_fit[lr_fit == lr].mean() for lr in grid])
-    curve = np.array([fitted[lr_fit == lr].mean() for lr in grid])
-    best = int(np.argmin(means))
-    neighbours = [i for i in (best - 1, best + 1) if 0 <= i < grid.size]
-    log_grid = np.log(grid)
-    half_step = max(abs(log_grid[i] - log_grid[best]) for i in neighbours) / 2
-    curvature = a
-    if len(neighbours) == 2:  # the local curvature, which a far point cannot inflate
-        x, y = log_grid[best - 1 : best + 2], means[best - 1 : best + 2]
-        curvature = float(np.polyfit(x, y, 2)[0])
-    # The vertex may lie half a grid step from the best point, so up to a·h² below it, plus noise.
-    allowed = max(curvature, 0.0) * half_step**2 + 2 * noise
-    gap = float(means[best] - vertex_loss)
-    if gap > allowed + 1e-12:
+    means = np.array([[loss_fit[lr_fit == lr].mean() for lr in grid]])
+    curve = np.array([[fitted[lr_fit == lr].mean() for lr in grid]])
+    best = int(np.argmin(means[0]))
+    too_low, gap, allowed, misses, miss, rise = _local_checks(
+        np.array([a]), np.array([vertex_loss]), np.log(grid), means, curve, best, noise, noise_given
+    )
+    if too_low[0]:
         return (
-            f"the fitted minimum ({vertex_loss:.4g}) lies {gap:.3g} below every observed loss, "
-            f"more than the grid spacing and the noise allow ({allowed:.3g}); refine the grid "
-            f"near lr {grid[best]:.3g}"
+            f"the fitted minimum ({vertex_loss:.4g}) lies {gap[0]:.3g} below every observed "
+            f"loss, more than the grid spacing and the noise allow ({allowed[0]:.3g}); refine "
+            f"the grid near lr {grid[best]:.3g}"
         )
-    rise = max(means[i] - means[best] for i in neighbours)
-    miss = abs(float(means[best] - curve[best]))
-    if miss > max(rise, 2 * noise if noise_given else 0.0) + 1e-12:
+    if misses[0]:
         return (
-            f"the parabola misses the best point by {miss:.3g}, more than the loss changes "
-            f"beside it ({rise:.3g}): points further out bend it; refine the grid near lr "
+            f"the parabola misses the best point by {miss[0]:.3g}, more than the loss changes "
+            f"beside it ({rise[0]:.3g}): points further out bend it; refine the grid near lr "
             f"{grid[best]:.3g}"
         )
     return None
+
+
+def fit_lr_optima(
+    lrs: ArrayLike, means: ArrayLike, *, window: int | None = DEFAULT_WINDOW, noise: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ln lr*, loss*) of many sweeps on one grid of distinct ``lrs``, one row of mean losses
+    each (inf: diverged, NaN: no run), with :func:`fit_lr_optimum`'s rules applied row by row:
+    its window around the row's own best LR, its fit, and its acceptance (a minimum inside the
+    LRs fitted that passes the reliability checks against ``noise``). NaN where
+    :func:`fit_lr_optimum` would give no usable optimum. Rows sharing a window are fitted
+    together, so bootstrap replicates cost one least-squares solve per window."""
+    grid = _as_float_array(lrs, "lrs")
+    table = np.atleast_2d(np.asarray(means, dtype=float))
+    log_lr = np.full(table.shape[0], math.nan)
+    loss = np.full(table.shape[0], math.nan)
+    finite = np.isfinite(table)
+    enough = finite.sum(axis=1) >= 3
+    best = np.argmin(np.where(finite, table, np.inf), axis=1)
+    keys = np.concatenate([best[:, None], finite], axis=1)
+    for key in np.unique(keys[enough], axis=0):
+        rows = np.flatnonzero(enough & np.all(keys == key, axis=1))
+        chosen = _window(grid, table[rows[0]], window)
+        x = np.log(grid[chosen])
+        centre = float(x.mean())
+        y = table[np.ix_(rows, np.flatnonzero(chosen))]
+        a, b, c = _quadratic_batch(x - centre, y).T
+        span = float(x.max() - x.min())
+        flat = np.abs(a) * span**2 <= 1e-9 * (np.abs(y).max(axis=1) + 1.0)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            vertex = np.where(a > 0, -b / (2 * a), math.nan)
+            vertex_loss = c - b**2 / (4 * a)
+        inside = (a > 0) & ~flat & (vertex + centre >= x.min()) & (vertex + centre <= x.max())
+        curve = a[:, None] * (x - centre) ** 2 + b[:, None] * (x - centre) + c[:, None]
+        local = int(np.argmin(y[0]))
+        too_low, _, _, misses, _, _ = _local_checks(a, vertex_loss, x, y, curve, local, noise, True)
+        accepted = inside & ~too_low & ~misses
+        log_lr[rows] = np.where(accepted, vertex + centre, math.nan)
+        loss[rows] = np.where(accepted, vertex_loss, math.nan)
+    return log_lr, loss
 
 
 def fit_lr_optimum(

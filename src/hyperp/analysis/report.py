@@ -7,6 +7,7 @@ import math
 import os
 from pathlib import Path
 
+from hyperp.analysis.markdown import table
 from hyperp.analysis.study import Study
 from hyperp.fileio import atomic_write_text
 
@@ -29,12 +30,9 @@ def _summary_lines(study: Study, markdown: bool) -> list[str]:
         f"grouped by {', '.join(study.group_by) or 'nothing'})",
         "",
     ]
-    if markdown:
-        lines += [
-            f"| group | points | optimal {options.x} | 95% interval | optimal loss | "
-            "best observed | rms residual | note |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
+    columns = ["group", "points", f"optimal {options.x}", "95% interval", "optimal loss"]
+    columns += ["best observed", "rms residual", "note"]
+    rows = []
     for group in study.groups:
         optimum = group.optimum
         if optimum is None:
@@ -73,7 +71,7 @@ def _summary_lines(study: Study, markdown: bool) -> list[str]:
                 _g(optimum.rms_residual, 3),
             ]
         if markdown:
-            lines.append("| " + " | ".join([*row, note]) + " |")
+            rows.append([*row, note])
         else:
             if optimum is None:
                 text = f"{bullet}{row[0]}: no fit (n={row[1]})"
@@ -90,6 +88,8 @@ def _summary_lines(study: Study, markdown: bool) -> list[str]:
             else:
                 text = f"{bullet}{row[0]}: no optimum; best observed {row[5]}, n={row[1]}"
             lines.append(text + (f"\n{sub}! {note}" if note else ""))
+    if markdown:
+        lines += table(columns, rows)
     sensitivity = [(g, s) for g in study.groups for s in g.sensitivity]
     if sensitivity:
         lines += [
@@ -98,20 +98,19 @@ def _summary_lines(study: Study, markdown: bool) -> list[str]:
             "",
         ]
         if markdown:
-            lines += [
-                f"| group | k of n | subsets | mean rel. error {options.x}* | mean rel. error loss* |",
-                "|---|---|---|---|---|",
-            ]
-        if markdown:
-            for group, item in sensitivity:
-                values = [
+            columns = ["group", "k of n", "subsets", f"mean rel. error {options.x}*"]
+            columns.append("mean rel. error loss*")
+            rows = [
+                [
                     group.label or "all",
                     f"{item.k} of {item.n_points}",
                     f"{item.n_valid}/{item.n_subsets}",
                     f"{item.lr_relative_error:.2%}",
                     f"{item.loss_relative_error:.3%}",
                 ]
-                lines.append("| " + " | ".join(values) + " |")
+                for group, item in sensitivity
+            ]
+            lines += table(columns, rows)
         else:
             lines.append(f"{bullet}(k: mean relative error of {options.x}* / of loss*)")
             for group in study.groups:

@@ -27,7 +27,9 @@ The report goes to OUT/REPORT.md; the committed REPORT.md is written only with
 --report-to REPORT.md. Re-running resumes: finished runs are never redone, so the same command
 regenerates the same report. --report-only trains nothing; --plan prints each study's runs,
 tokens and FLOPs and exits.
-Studies: weight_decay, width, depth, tokens, batch, moe, compute, stability.
+Studies: weight_decay, width, depth, tokens, batch, moe, compute, stability; and three that
+diagnose the width drift, run only when named with --only (after the others, whose report they
+join): width_roles, width_tokens, width_pairs.
 """
 
 

@@ -82,6 +82,7 @@ def build_optimizer(
     head: nn.Module | str | None = None,
     roles: Mapping[str, Role | str] | None = None,
     replicate_group: torch.distributed.ProcessGroup | None = None,
+    head_lr: float | None = None,
 ) -> GroupedOptimizer:
     """One optimizer that steps every parameter of ``model`` with one LR knob.
 
@@ -97,12 +98,15 @@ def build_optimizer(
     scales each group's initial LR) drives them together. Under DDP pass the data-parallel
     group as ``replicate_group`` (e.g. ``torch.distributed.group.WORLD``) so that ranks split
     Newton-Schulz instead of repeating it; FSDP2-sharded models need nothing. ``print(opt.describe())`` shows which
-    tensor got which role, algorithm, shape and radius.
+    tensor got which role, algorithm, shape and radius. ``head_lr`` (default: ``lr``) gives
+    the output head its own LR, e.g. to sweep it apart from the other roles.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}")
+    if head_lr is not None and not head_lr > 0:
+        raise ValueError(f"head_lr must be positive, got {head_lr}")
     groups = param_groups(model, head=head, roles=roles)
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters to optimize")
@@ -126,7 +130,7 @@ def build_optimizer(
         role = Role(group["role"])
         algorithm = _ALGORITHM[method][role]
         group["algorithm"] = algorithm
-        group["lr"] = lr
+        group["lr"] = head_lr if role is Role.HEAD and head_lr is not None else lr
         group["weight_decay"] = 0.0
         if method == "hyperp" and role.on_sphere:
             group["weight_decay"] = weight_decay

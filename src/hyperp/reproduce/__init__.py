@@ -1,9 +1,11 @@
 """``hyperp reproduce``: the paper's claims (METHOD.md 1) tested at an affordable scale.
 
-- :mod:`~hyperp.reproduce.catalogue`: the studies, the claims and their thresholds, as data;
+- :mod:`~hyperp.reproduce.catalogue`: what a study and a claim are, and the thresholds;
+- :mod:`~hyperp.reproduce.studies`: one module per study, holding its catalogue entry, its
+  claims (fixed before any run) and its measures (fits and intervals through
+  :mod:`hyperp.analysis`);
 - :mod:`~hyperp.reproduce.runner`: sweep files split into LR curves, run through
   :mod:`hyperp.sweep` with adaptive phases and settings derived from other studies;
-- :mod:`~hyperp.reproduce.measures`: fits and intervals through :mod:`hyperp.analysis`;
 - :mod:`~hyperp.reproduce.verdicts`: three-way verdicts;
 - :mod:`~hyperp.reproduce.results` and :mod:`~hyperp.reproduce.report`: ``results.json``
   and the REPORT.md rendered from it.
@@ -25,8 +27,7 @@ from typing import Any
 import numpy as np
 
 from hyperp.fileio import atomic_write_text
-from hyperp.reproduce.catalogue import CLAIMS, STUDIES, THRESHOLDS, study
-from hyperp.reproduce.measures import ANALYZERS
+from hyperp.reproduce.catalogue import THRESHOLDS
 from hyperp.reproduce.report import render_markdown
 from hyperp.reproduce.results import (
     FORMAT,
@@ -38,6 +39,7 @@ from hyperp.reproduce.results import (
     thresholds,
 )
 from hyperp.reproduce.runner import SIZES, Runner, default_studies_dir
+from hyperp.reproduce.studies import ANALYZERS, CLAIMS, STUDIES, study
 from hyperp.reproduce.verdicts import judge
 
 __all__ = [
@@ -55,14 +57,17 @@ __all__ = [
 BOOTSTRAP_SEED = 0
 BOOTSTRAP_METHOD = (
     "a residual bootstrap that keeps the design. Each run's loss is its curve's fitted value "
-    "(the parabola near the optimum, or a cell's mean) plus its seed's offset plus a deviation; "
-    "a replicate draws every deviation with replacement from all the study's deviations "
-    "(pooled per method, rescaled for the parameters fitted and widened by the t/normal "
-    "quantile ratio of their degrees of freedom), keeps the LRs, seeds and pairing (a seed's "
-    "offset is shared by the runs it pairs, so it cancels in their comparison), and redoes "
-    "every fit downstream: optima, exponents, drifts, interpolated leverage. The interval is "
-    "the 2.5-97.5 percentile range; it is unbounded when more than 5% of the replicates have "
-    "no optimum."
+    "(the parabola near the optimum, or a cell's mean) plus its seed's offset plus, on an LR "
+    "curve, its seed's tilt in ln(LR) plus a deviation; a replicate draws every deviation with "
+    "replacement from all the curve family's deviations (pooled per family, rescaled for the "
+    "parameters fitted and widened by the t/normal quantile ratio of their degrees of freedom) "
+    "and a new tilt for every seed from the spread of the tilts measured between seeds "
+    "(less what the deviations already carry, widened likewise), keeps the LRs, seeds and "
+    "pairing (a seed's offset is shared by the runs it pairs, so it cancels in their "
+    "comparison), and redoes every fit downstream: each curve's window, best LR and the "
+    "acceptance of its optimum by the point estimate's own rule, then exponents, drifts, "
+    "interpolated leverage. The interval is the 2.5-97.5 percentile range; it is unbounded "
+    "when more than 5% of the replicates have no value (the share dropped is reported)."
 )
 
 
@@ -94,7 +99,11 @@ class ReproduceOptions:
 
     @property
     def selected(self) -> list[str]:
-        return [s.name for s in STUDIES if not self.only or s.name in self.only]
+        """The studies named with ``only``; without it, every study but the diagnoses, which
+        run only when named (they would take ``--quick`` past its 90 minutes)."""
+        if self.only:
+            return [s.name for s in STUDIES if s.name in self.only]
+        return [s.name for s in STUDIES if not s.on_request]
 
     @property
     def report_files(self) -> Path:
@@ -183,7 +192,7 @@ def reproduce(options: ReproduceOptions) -> Path:
     # Refuse to mix sizes before anything is trained or written.
     merge_results(existing, {}, size=options.size, out=out_text, replace_all=not options.only)
     if options.run:
-        check_corpus(runner, [n for n in selected if study(n).arms] or ["compute"])
+        check_corpus(runner, list(dict.fromkeys(study(n).reads or n for n in selected)))
         for name in selected:
             item = study(name)
             options.log(f"{item.title}")
@@ -206,8 +215,15 @@ def reproduce(options: ReproduceOptions) -> Path:
         existing, fresh, size=options.size, out=out_text, replace_all=not options.only
     )
     counted = [entry["runs"] for name, entry in studies.items() if not study(name).reads]
+    # Runs trained for another study's derived setting count once, unless that study is here.
+    inputs = {
+        (i["study"], i["what"]): i
+        for entry in counted
+        for i in entry.get("inputs", [])
+        if i["study"] not in studies
+    }
     runs = {
-        key: sum(entry[key] for entry in counted)
+        key: sum(entry[key] for entry in counted) + sum(i.get(key, 0) for i in inputs.values())
         for key in ("finished", "diverged", "failed", "training_hours")
     }
     runs["max_tokens"] = max((entry.get("max_tokens", 0) for entry in counted), default=0)

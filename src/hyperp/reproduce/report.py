@@ -2,50 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
+from hyperp.analysis.markdown import cell as _number
+from hyperp.analysis.markdown import interval as _interval
+from hyperp.analysis.markdown import table as _table
 from hyperp.reproduce.results import headline
 
 __all__ = ["render_markdown"]
-
-
-def _number(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}" if abs(value) >= 10000 else str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "n/a"
-        if value.is_integer() and 1 <= abs(value) < 1e9:
-            return _number(int(value))
-        return f"{value:.{digits}g}"
-    if isinstance(value, list) and len(value) == 2:
-        return _interval(value)
-    return str(value)
-
-
-def _interval(pair: Sequence[Any] | None) -> str:
-    if not pair:
-        return "-"
-    low, high = pair
-    if low == "unbounded":
-        return "unbounded"
-    if low is None or high is None:
-        return "-"
-    return f"[{_number(low)}, {_number(high)}]"
-
-
-def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [_number(cell).replace("|", "/").replace("\n", " ") for cell in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
 
 
 def _estimate(claim: dict[str, Any]) -> tuple[str, str]:
@@ -72,6 +37,10 @@ def _claim_rows(claims: Sequence[dict[str, Any]], with_study: dict[str, str] | N
             row.append(with_study.get(claim["key"], ""))
         rows.append(row)
     return rows
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _regime_row(entry: dict[str, Any]) -> list[Any]:
@@ -211,7 +180,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"- Command: `{results['command']}` ({results['size_description']}). Rerunning it "
         "resumes: finished runs are kept and the same numbers come back.",
-        f"- Runs: {results['runs']['finished']} finished, {results['runs']['diverged']} diverged "
+        "- Runs (every run the studies here train, those that tune another study's setting "
+        f"included): {results['runs']['finished']} finished, {results['runs']['diverged']} diverged "
         f"(they count as diverged points of their LR curves), {results['runs']['failed']} failed "
         f"otherwise; {results['runs']['training_hours']:.2f} hours of training in total (sum "
         "over runs).",
@@ -256,15 +226,21 @@ def _study_section(index: int, name: str, entry: dict[str, Any]) -> list[str]:
         "",
     ]
     if entry["claims"]:
+        columns = ["claim", "number", "estimate", "95% interval", "holds when", "verdict"]
         lines += _table(
-            ["claim", "number", "estimate", "95% interval", "holds when", "verdict"],
-            _claim_rows(entry["claims"]),
+            [*columns, "replicates dropped"],
+            [
+                [*row, _share(claim.get("dropped"))]
+                for row, claim in zip(_claim_rows(entry["claims"]), entry["claims"])
+            ],
         )
         lines.append("")
         notes = [f"{c['label']}: {c['note']}" for c in entry["claims"] if c.get("note")]
         lines += [f"- {note}" for note in notes]
         if notes:
             lines.append("")
+    if entry.get("findings"):
+        lines += ["**What the data say.** " + " ".join(entry["findings"]), ""]
     if entry["numbers"]:
         lines += _table(
             ["number (context, no verdict)", "estimate", "95% interval", "note"],
@@ -284,6 +260,12 @@ def _study_section(index: int, name: str, entry: dict[str, Any]) -> list[str]:
     lines.append(
         f"Runs: {runs['finished']} finished, {runs['diverged']} diverged, {runs['failed']} "
         f"failed; {runs['training_hours']:.2f} training hours."
+        + "".join(
+            f" Besides, it trains {i['finished']} finished and {i['diverged']} diverged runs of "
+            f"the {i['study'].replace('_', '-')} study for {i['what']} "
+            f"({i['training_hours']:.2f} hours)."
+            for i in runs.get("inputs", [])
+        )
     )
     lines.append("")
     lines += [f"- {note}" for note in entry["notes"]]

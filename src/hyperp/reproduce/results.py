@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from hyperp.analysis.io import json_safe, record_value
-from hyperp.reproduce.catalogue import PAPER_REGIME, STUDIES, THRESHOLDS, study
-from hyperp.reproduce.measures import StudyResult, regime
+from hyperp.reproduce.catalogue import PAPER_REGIME, THRESHOLDS
+from hyperp.reproduce.studies import STUDIES, study
+from hyperp.reproduce.studies.common import StudyResult, regime
 
 __all__ = ["FORMAT", "describe_data", "load_results", "merge_results", "study_entry"]
 
@@ -37,6 +38,17 @@ def study_entry(
     item = study(result.name)
     finished = len(result.records)
     hours = sum(float(r.get("wall_time_s") or 0.0) for r in result.records) / 3600
+    inputs: dict[tuple[str, str], dict[str, Any]] = {}
+    for owner, what, table in result.inputs:
+        entry = inputs.setdefault(
+            (owner, what),
+            {"study": owner, "what": what, "finished": 0, "diverged": 0, "training_hours": 0.0},
+        )
+        entry["finished"] += len(table.records)
+        entry["diverged"] += table.diverged
+        entry["training_hours"] += (
+            sum(float(r.get("wall_time_s") or 0) for r in table.records) / 3600
+        )
     return {
         "title": item.title,
         "question": item.question,
@@ -49,6 +61,7 @@ def study_entry(
             "failed": result.failed,
             "training_hours": hours,
             "max_tokens": max((int(r.get("tokens") or 0) for r in result.records), default=0),
+            "inputs": list(inputs.values()),
         },
         "claims": result.claims,
         "numbers": result.numbers,
@@ -58,6 +71,7 @@ def study_entry(
             for f in result.figures
         ],
         "notes": result.notes,
+        "findings": result.findings,
         "bootstrap": bootstrap,
     }
 

@@ -35,7 +35,7 @@ from hyperp.analysis.bootstrap import Sweep
 from hyperp.analysis.fits import fit_lr_optimum
 from hyperp.analysis.io import load_records, record_value
 from hyperp.fileio import atomic_write_text
-from hyperp.reproduce.catalogue import BASE, STUDIES, Arm, Study, matches, study
+from hyperp.reproduce.catalogue import BASE, Arm, Study, matches
 from hyperp.sweep import SweepSpec, load_sweep, run_name, run_sweep
 
 __all__ = [
@@ -215,6 +215,8 @@ class Runner:
         return spec
 
     def arm_of(self, stem: str) -> tuple[Study, Arm]:
+        from hyperp.reproduce.studies import STUDIES  # the studies' measures use the runner
+
         for item in STUDIES:
             for arm in item.arms:
                 if arm.stem == stem:
@@ -223,6 +225,7 @@ class Runner:
 
     def curves(self, arm: Arm, lr_key: str, where: dict[str, Any] | None = None) -> list[Curve]:
         """The arm's curves (those matching ``where``), with derived settings resolved."""
+        lr_key = arm.lr_key or lr_key
         spec = self.arm_spec(arm.stem)
         has_lr = lr_key in spec.axes or arm.lr_source is not None
         keys = [k for k in spec.axes if k not in (lr_key, SEED_KEY)]
@@ -485,6 +488,8 @@ class Runner:
     def plan(self, names: list[str]) -> list[dict[str, Any]]:
         """Per study: runs of the grid phase, the largest run's tokens, and the grid's FLOPs
         (extensions add runs; LRs do not change tokens or FLOPs)."""
+        from hyperp.reproduce.studies import study
+
         rows = []
         for name in names:
             item = study(name)
@@ -492,11 +497,12 @@ class Runner:
             flops = 0.0
             for arm in item.arms:
                 spec = self.arm_spec(arm.stem)
-                keys = [k for k in spec.axes if k not in (item.lr_key, SEED_KEY)]
+                lr_key = arm.lr_key or item.lr_key
+                keys = [k for k in spec.axes if k not in (lr_key, SEED_KEY)]
                 combos: list[dict[str, Any]] = [{}]
                 for key in keys:
                     combos = [{**c, key: v} for c in combos for v in spec.axes[key]]
-                lr_points = len(spec.axes.get(item.lr_key, [])) or max(len(arm.bracket), 1)
+                lr_points = len(spec.axes.get(lr_key, [])) or max(len(arm.bracket), 1)
                 seeds = len(spec.axes.get(SEED_KEY, [0]))
                 for values in combos:
                     shared = any(matches(values, self._at_base(c.pattern)) for c in arm.shared)

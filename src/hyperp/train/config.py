@@ -73,6 +73,7 @@ class OptimConfig:
 
     method: str = "hyperp"
     lr: float | None = None
+    head_lr: float | None = None  # the output head's own peak LR (default: the same as all)
     base_lr: float = 0.02
     base_depth: int | None = None
     base_width: int | None = None
@@ -97,6 +98,10 @@ class OptimConfig:
         _choice("optim.sphere", self.sphere, ("matrix", "tensor"))
         _choice("optim.ns_dtype", self.ns_dtype, ("auto", "fp32", "bf16"))
         _require(self.lr is None or self.lr > 0, f"optim.lr must be positive, got {self.lr}")
+        _require(
+            self.head_lr is None or self.head_lr > 0,
+            f"optim.head_lr must be positive (or left out), got {self.head_lr}",
+        )
         _require(self.base_lr > 0, f"optim.base_lr must be positive, got {self.base_lr}")
         _require(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
         _require(0 <= self.final_lr_fraction <= 1, "optim.final_lr_fraction must be in [0, 1]")

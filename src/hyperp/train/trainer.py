@@ -653,6 +653,7 @@ def _optimizer(config: RunConfig, plan: RunPlan, model, roles, parallel, ns_dtyp
         ns_dtype=ns_dtype,
         roles=roles,
         replicate_group=parallel.replicate_group,
+        head_lr=optim.head_lr,
     )
 
     def schedule(step: int) -> float:
