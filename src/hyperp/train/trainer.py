@@ -361,8 +361,8 @@ class Trainer:
             run.log.info(precision_note)
 
     def _restore(self, run: _Run) -> int:
-        """Load the newest complete checkpoint, if any; the step to continue from."""
-        found = self._agreed_checkpoint(run) if self.resume != "never" else None
+        """Load the newest checkpoint that reads, if any; the step to continue from."""
+        found = run.checkpointer.restore_newest() if self.resume != "never" else None
         if found is None:
             if self.resume == "must":
                 raise FileNotFoundError(f"no checkpoint to resume in {self.checkpoint_dir}")
@@ -371,29 +371,11 @@ class Trainer:
             run.sinks = self._open_sinks(run, None)
             return 0
         step, path = found
-        run.checkpointer.restore(path)
         if run.loader.step != step:
             raise CheckpointError(f"checkpoint {path} is of step {run.loader.step}, not {step}")
         run.log.info(f"resumed from {path} at step {step}")
         run.sinks = self._open_sinks(run, step)
         return step
-
-    def _agreed_checkpoint(self, run: _Run) -> tuple[int, Path] | None:
-        """Rank 0's newest complete checkpoint, on every rank (a rank on a lagging network
-        filesystem might otherwise see another newest one)."""
-        failure, step = None, -1
-        if self.dist.is_main:
-            try:
-                found = run.checkpointer.latest()
-                step = found[0] if found else -1
-            except CheckpointError as error:
-                failure, step = error, -2
-        step = self.dist.broadcast_int(step)
-        if failure is not None:
-            raise failure
-        if step == -2:
-            raise CheckpointError("rank 0 could not read the checkpoints; see its message")
-        return (step, run.checkpointer.path_of(step)) if step >= 0 else None
 
     def _open_sinks(self, run: _Run, resume_step: int | None) -> Sinks | None:
         if not self.dist.is_main:
