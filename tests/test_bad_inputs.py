@@ -722,6 +722,33 @@ MORE_CASES = [
         r"\[launcher\] kind must be one of local, slurm",
     ),
     BadInput(
+        "sweep-newline-in-partition",
+        lambda s: _sweep_file(
+            s,
+            'base = "tiny"\n[launcher]\nkind = "slurm"\npartition = "gpu\\ntouch /tmp/x"\n'
+            '[axes]\n"optim.lr" = [0.01]\n',
+        ),
+        r"grid.toml: \[launcher\] partition holds a line break or NUL character .*one line",
+    ),
+    BadInput(
+        "sweep-newline-in-sbatch-extra",
+        lambda s: _sweep_file(
+            s,
+            'base = "tiny"\n[launcher]\nsbatch = ["--exclusive", "--comment=a\\rb"]\n'
+            '[axes]\n"optim.lr" = [0.01]\n',
+        ),
+        r"\[launcher\] sbatch holds a line break or NUL character \('--comment=a\\rb'\)",
+    ),
+    BadInput(
+        "sweep-nul-in-setup",
+        lambda s: _sweep_file(
+            s,
+            'base = "tiny"\n[launcher]\nsetup = ["module load x\\u0000y"]\n'
+            '[axes]\n"optim.lr" = [0.01]\n',
+        ),
+        r"\[launcher\] setup holds a line break or NUL character",
+    ),
+    BadInput(
         "sweep-text-for-int-axis",
         lambda s: _sweep_file(s, 'base = "tiny"\n[axes]\n"train.steps" = [10, "many"]\n'),
         r"grid.toml: --train.steps 'many' is not a valid int",
