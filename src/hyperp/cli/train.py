@@ -46,6 +46,14 @@ def register(sub) -> None:
         help="checkpoint and exit after this step; rerun to continue",
     )
     parser.add_argument(
+        "--keep-step",
+        type=int,
+        action="append",
+        default=[],
+        metavar="STEP",
+        help="never prune the checkpoint of this step (repeatable)",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="print the resolved config and plan (LR, tokens, steps, FLOPs); train nothing",
@@ -81,7 +89,13 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else default_out_dir(args.config, config.trajectory_dict())
     try:
-        result = train(config, out, resume=args.resume, stop_after=args.stop_after)
+        result = train(
+            config,
+            out,
+            resume=args.resume,
+            stop_after=args.stop_after,
+            keep_steps=tuple(args.keep_step),
+        )
     except TrainingDiverged as error:
         raise UserError(str(error)) from None
     return result.exit_code

@@ -61,7 +61,7 @@ from torch.distributed.checkpoint.metadata import (
 )
 from torch.distributed.checkpoint.planner import ReadItem
 
-from hyperp.fileio import atomic_write_json
+from hyperp.fileio import atomic_write_json, atomic_write_text
 
 __all__ = [
     "KEEP",
@@ -69,6 +69,7 @@ __all__ = [
     "CheckpointError",
     "Checkpointer",
     "incomplete_checkpoints",
+    "keep_checkpoint",
     "list_checkpoints",
     "load_model_weights",
     "read_metadata",
@@ -329,6 +330,15 @@ def incomplete_checkpoints(directory: str | os.PathLike) -> list[Path]:
     return [p for _, p in _step_directories(Path(directory)) if not (p / MARKER).is_file()]
 
 
+def keep_checkpoint(run_dir: str | os.PathLike, step: int, why: str) -> Path | None:
+    """Keep the checkpoint of ``step`` from pruning (a ``KEEP`` file saying ``why``); its path,
+    or None when the run has no such checkpoint."""
+    found = dict(list_checkpoints(Path(run_dir) / "checkpoints"))
+    if step not in found:
+        return None
+    return atomic_write_text(found[step] / KEEP, why + "\n")
+
+
 def _legacy_checkpoints(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
@@ -391,6 +401,9 @@ class Checkpointer:
             # communicator with training (nor need its device).
             self._group = dist.new_group(backend="gloo")
         self._pending: tuple[Future, int, Path, dict[str, Any]] | None = None
+        if self.rank == 0:
+            for step in keep_steps:  # a step saved before --keep-step was given
+                keep_checkpoint(self.directory.parent, step, "kept by --keep-step")
 
     # -- saving --------------------------------------------------------------------------------
 
@@ -444,7 +457,7 @@ class Checkpointer:
         }
         atomic_write_json(partial / MARKER, marker)
         if step in self.keep_steps:
-            (partial / KEEP).write_text(f"kept by --keep-step {step}\n")
+            atomic_write_text(partial / KEEP, "kept by --keep-step\n")
         final = self.path_of(step)
         _remove(final)
         os.replace(partial, final)

@@ -204,8 +204,10 @@ class Trainer:
         dist: Distributed,
         resume: str,
         stop_after: int | None = None,
+        keep_steps: tuple[int, ...] = (),
     ) -> None:
         self.config = config
+        self.keep_steps = keep_steps
         self.out_dir = out_dir
         self.dist = dist
         self.resume = resume
@@ -331,6 +333,7 @@ class Trainer:
             keep=train.keep_checkpoints,
             async_save=train.async_checkpoint,
             log=log.info,
+            keep_steps=self.keep_steps,
         )
         dtype, device_type = _precision(train.precision, dist.device), dist.device.type
 
@@ -679,19 +682,21 @@ def train(
     *,
     resume: str = "auto",
     stop_after: int | None = None,
+    keep_steps: tuple[int, ...] = (),
 ) -> RunResult:
     """Train one run into ``out_dir`` (see the module docstring); returns how it ended.
 
     ``resume``: ``"auto"`` continues from the newest checkpoint when there is one, ``"must"``
     requires one, ``"never"`` refuses a directory that already holds a run. ``stop_after``
     checkpoints and returns after that many steps (of the whole run), as Ctrl-C would; calling
-    again continues, so a long run can be cut into time-limited jobs.
+    again continues, so a long run can be cut into time-limited jobs. The checkpoints of
+    ``keep_steps`` are never pruned.
     """
     if resume not in ("auto", "must", "never"):
         raise ValueError(f"resume must be auto, must or never; got {resume!r}")
     dist = setup_distributed(config.train.device)
     out = Path(out_dir)
-    trainer = Trainer(config, out, dist, resume, stop_after)
+    trainer = Trainer(config, out, dist, resume, stop_after, keep_steps)
     try:
         result = trainer.run()
         dist.barrier()  # no rank tears down its connections while another still talks
