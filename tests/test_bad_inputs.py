@@ -562,6 +562,23 @@ def _old_run(scene: Scene) -> Path:
     return run
 
 
+def _run_on_corpus_naming(scene: Scene, tokenizer: str) -> Callable[[], object]:
+    """``tokenizer_path`` of a run without its own tokenizer.json, trained on a corpus whose
+    meta.json names ``tokenizer`` (beside it: a tokenizer the reader must not take)."""
+    from hyperp.serve.run import tokenizer_path
+    from hyperp.train import load_config
+
+    corpus = scene.prepared("corpus")
+    shutil.copyfile(corpus / "tokenizer.json", scene.path("tokenizer.json"))
+    scene.edit_meta(corpus, lambda meta: meta.update(tokenizer=tokenizer))
+    overrides = [*TINY, f"--data.path={corpus}"]
+    config = load_config("tiny", overrides).resolve(300)
+    run = scene.path("run")
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({**config.to_dict(), "plan": {}}))
+    return lambda: tokenizer_path(run)
+
+
 def _sweep_file(scene: Scene, text: str) -> list[str]:
     return ["sweep", str(scene.file("grid.toml", text)), "--dry-run"]
 
@@ -699,6 +716,11 @@ MORE_CASES = [
         r"overrides look like --SECTION.KEY VALUE",
     ),
     BadInput("check-zero-width", lambda s: ["check", "--widths", "0", "16"], r"positive"),
+    BadInput(
+        "api-tokenizer-outside-its-corpus",
+        lambda s: _run_on_corpus_naming(s, "../tokenizer.json"),
+        r"corpus/meta.json is malformed \(tokenizer '\.\./tokenizer\.json' is not a plain file",
+    ),
     BadInput(
         "sweep-missing-file",
         lambda s: ["sweep", str(s.path("nothing.toml")), "--dry-run"],
