@@ -632,6 +632,16 @@ MORE_CASES = [
     BadInput("train-text-for-int", lambda s: _train(s, "--model.depth=deep"), r"not a valid int"),
     BadInput("train-unknown-section", lambda s: _train(s, "--trian.steps=3"), r"SECTION one of"),
     BadInput(
+        "train-toml-text-for-int",
+        lambda s: _config_file(s, '[train]\nsteps = "30"\n'),
+        r"train.steps must be an integer, got '30' \(str\)",
+    ),
+    BadInput(
+        "train-toml-text-for-bool",
+        lambda s: _config_file(s, '[train]\nprogress = "false"\n'),
+        r"train.progress must be true or false, got 'false' \(str\)",
+    ),
+    BadInput(
         "train-toml-float-for-int",
         lambda s: _config_file(s, "[train]\nsteps = 2.5\n"),
         r"train.steps must be an integer, got 2.5",
@@ -644,7 +654,7 @@ MORE_CASES = [
     BadInput(
         "train-toml-string-for-bool",
         lambda s: _config_file(s, '[train]\ncompile = "maybe"\n'),
-        r"not a valid bool",
+        r"train.compile must be true or false, got 'maybe' \(str\)",
     ),
     BadInput("train-toml-syntax", lambda s: _config_file(s, "[train\n"), r"not valid TOML"),
     BadInput(
