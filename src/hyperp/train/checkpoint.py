@@ -35,6 +35,7 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import stat
 import time
 import warnings
@@ -400,6 +401,10 @@ class Checkpointer:
             # Background writes and the choice of checkpoint to resume must not share a
             # communicator with training (nor need its device).
             self._group = dist.new_group(backend="gloo")
+        me = (socket.gethostname(), os.getpid())
+        self._peers: list[tuple[str, int]] = [me] * self.world_size
+        if self.distributed:  # to name a rank that dies during a background save
+            dist.all_gather_object(self._peers, me, group=self._group)
         self._pending: tuple[Future, int, Path, dict[str, Any]] | None = None
         if self.rank == 0:
             for step in keep_steps:  # a step saved before --keep-step was given
@@ -440,8 +445,26 @@ class Checkpointer:
             return
         future, step, partial, extra = self._pending
         self._pending = None
-        future.result()  # re-raises a failed write (a full disk, say)
+        try:
+            future.result()  # re-raises a failed write (a full disk, say)
+        except (Exception, CheckpointException) as error:
+            dead = self._dead_peers()
+            if not dead:
+                raise
+            raise CheckpointError(
+                f"the checkpoint of step {step} was not written: {', '.join(dead)} died during "
+                f"the save; the previous checkpoint is intact. Find why in that rank's output, "
+                "then rerun the same command to resume"
+            ) from error
         self._finalize(step, partial, extra)
+
+    def _dead_peers(self) -> list[str]:
+        """The ranks on this host whose process is gone (a rank elsewhere cannot be checked)."""
+        here, dead = socket.gethostname(), []
+        for rank, (host, pid) in enumerate(self._peers):
+            if host == here and rank != self.rank and not _alive(pid):
+                dead.append(f"rank {rank} (pid {pid})")
+        return dead
 
     def _finalize(self, step: int, partial: Path, extra: dict[str, Any]) -> None:
         """Marker, rename, prune: rank 0 alone, once every rank has written its shards."""
@@ -596,6 +619,20 @@ class Checkpointer:
     def _barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (an exited one not yet reaped by its parent does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    return True
 
 
 def root_cause(error: BaseException) -> BaseException:

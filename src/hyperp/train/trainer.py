@@ -550,6 +550,8 @@ class Trainer:
     def _checkpoint(self, run: _Run, step: int) -> None:
         try:
             run.checkpointer.save(step)
+        except CheckpointError:
+            raise  # already names the step and the cause (a rank that died during a save)
         except (Exception, CheckpointException) as error:
             saved = run.checkpointer.latest()
             kept = f"step {saved[0]} in {saved[1]} is intact" if saved else "none was saved before"
