@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from hyperp.cli import UserError, add_verb
@@ -88,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     out = Path(args.out) if args.out else default_out_dir(args.config, config.trajectory_dict())
+    from hyperp.sweep.processes import TIED_TO_PARENT, die_with_parent
+
+    if os.environ.get(TIED_TO_PARENT):  # started by a sweep: end with it (torchrun's ranks too)
+        die_with_parent()
     try:
         result = train(
             config,
