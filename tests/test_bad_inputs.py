@@ -562,6 +562,23 @@ def _old_run(scene: Scene) -> Path:
     return run
 
 
+def _run_on_corpus_naming(scene: Scene, tokenizer: str) -> Callable[[], object]:
+    """``tokenizer_path`` of a run without its own tokenizer.json, trained on a corpus whose
+    meta.json names ``tokenizer`` (beside it: a tokenizer the reader must not take)."""
+    from hyperp.serve.run import tokenizer_path
+    from hyperp.train import load_config
+
+    corpus = scene.prepared("corpus")
+    shutil.copyfile(corpus / "tokenizer.json", scene.path("tokenizer.json"))
+    scene.edit_meta(corpus, lambda meta: meta.update(tokenizer=tokenizer))
+    overrides = [*TINY, f"--data.path={corpus}"]
+    config = load_config("tiny", overrides).resolve(300)
+    run = scene.path("run")
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({**config.to_dict(), "plan": {}}))
+    return lambda: tokenizer_path(run)
+
+
 def _sweep_file(scene: Scene, text: str) -> list[str]:
     return ["sweep", str(scene.file("grid.toml", text)), "--dry-run"]
 
@@ -615,6 +632,16 @@ MORE_CASES = [
     BadInput("train-text-for-int", lambda s: _train(s, "--model.depth=deep"), r"not a valid int"),
     BadInput("train-unknown-section", lambda s: _train(s, "--trian.steps=3"), r"SECTION one of"),
     BadInput(
+        "train-toml-text-for-int",
+        lambda s: _config_file(s, '[train]\nsteps = "30"\n'),
+        r"train.steps must be an integer, got '30' \(str\)",
+    ),
+    BadInput(
+        "train-toml-text-for-bool",
+        lambda s: _config_file(s, '[train]\nprogress = "false"\n'),
+        r"train.progress must be true or false, got 'false' \(str\)",
+    ),
+    BadInput(
         "train-toml-float-for-int",
         lambda s: _config_file(s, "[train]\nsteps = 2.5\n"),
         r"train.steps must be an integer, got 2.5",
@@ -627,7 +654,7 @@ MORE_CASES = [
     BadInput(
         "train-toml-string-for-bool",
         lambda s: _config_file(s, '[train]\ncompile = "maybe"\n'),
-        r"not a valid bool",
+        r"train.compile must be true or false, got 'maybe' \(str\)",
     ),
     BadInput("train-toml-syntax", lambda s: _config_file(s, "[train\n"), r"not valid TOML"),
     BadInput(
@@ -700,6 +727,11 @@ MORE_CASES = [
     ),
     BadInput("check-zero-width", lambda s: ["check", "--widths", "0", "16"], r"positive"),
     BadInput(
+        "api-tokenizer-outside-its-corpus",
+        lambda s: _run_on_corpus_naming(s, "../tokenizer.json"),
+        r"corpus/meta.json is malformed \(tokenizer '\.\./tokenizer\.json' is not a plain file",
+    ),
+    BadInput(
         "sweep-missing-file",
         lambda s: ["sweep", str(s.path("nothing.toml")), "--dry-run"],
         r"nothing.toml",
@@ -720,6 +752,33 @@ MORE_CASES = [
             s, 'base = "tiny"\n[launcher]\nkind = "pbs"\n[axes]\n"optim.lr" = [0.01]\n'
         ),
         r"\[launcher\] kind must be one of local, slurm",
+    ),
+    BadInput(
+        "sweep-newline-in-partition",
+        lambda s: _sweep_file(
+            s,
+            'base = "tiny"\n[launcher]\nkind = "slurm"\npartition = "gpu\\ntouch /tmp/x"\n'
+            '[axes]\n"optim.lr" = [0.01]\n',
+        ),
+        r"grid.toml: \[launcher\] partition holds a line break or NUL character .*one line",
+    ),
+    BadInput(
+        "sweep-newline-in-sbatch-extra",
+        lambda s: _sweep_file(
+            s,
+            'base = "tiny"\n[launcher]\nsbatch = ["--exclusive", "--comment=a\\rb"]\n'
+            '[axes]\n"optim.lr" = [0.01]\n',
+        ),
+        r"\[launcher\] sbatch holds a line break or NUL character \('--comment=a\\rb'\)",
+    ),
+    BadInput(
+        "sweep-nul-in-setup",
+        lambda s: _sweep_file(
+            s,
+            'base = "tiny"\n[launcher]\nsetup = ["module load x\\u0000y"]\n'
+            '[axes]\n"optim.lr" = [0.01]\n',
+        ),
+        r"\[launcher\] setup holds a line break or NUL character",
     ),
     BadInput(
         "sweep-text-for-int-axis",

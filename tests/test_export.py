@@ -4,6 +4,8 @@ function (logits within 1e-4 in fp32, the same greedy continuation as ``hyperp g
 from __future__ import annotations
 
 import json
+import shutil
+import stat
 import subprocess
 import sys
 
@@ -134,3 +136,17 @@ def test_export_refuses_to_overwrite_without_asking(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine"
     assert main(["export", str(run_dir), "--out", str(out), "--overwrite"]) == 0
     assert not (out / "notes.txt").exists() and (out / "model.safetensors").is_file()
+
+
+def test_an_export_has_the_users_modes_and_keeps_its_checkpoint(tmp_path, capsys):
+    from hyperp.fileio import UMASK
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run("dense_plain"), run_dir)
+    out = tmp_path / "hf"
+    assert main(["export", str(run_dir), "--out", str(out)]) == 0
+    assert "the checkpoint of step 10 is kept from pruning" in capsys.readouterr().out
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~UMASK
+    for path in out.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~UMASK, path.name
+    assert (run_dir / "checkpoints" / "step_00000010" / "KEEP").is_file()

@@ -1,6 +1,8 @@
 """Local sweeps survive kills: a trainer killed after a checkpoint is interrupted and resumed; a
-failure quotes its real cause; stopping a sweep stops torchrun's ranks; processes left behind
-by a sweep killed with SIGKILL are waited for (never started twice) or cancelled."""
+failure quotes its real cause; stopping a sweep stops torchrun's ranks; a sweep killed with
+SIGKILL takes its trainers (and torchrun's ranks) with it, and the next one resumes them;
+processes that outlive a killed sweep anyway are waited for (never started twice) or
+cancelled."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hyperp.sweep import command_from_prefix, load_sweep, run_sweep, sweep_status
-from hyperp.sweep.processes import process_start
+from hyperp.sweep.processes import process_start, process_tree
 from hyperp.train.checkpoint import list_checkpoints
 from support import subprocess_env
 
@@ -25,6 +27,9 @@ from support import subprocess_env
 FAKE_TRAINER = textwrap.dedent(
     """
     import json, os, signal, sys, time
+    if os.environ.get("FAKE_OUTLIVE"):  # outlives its sweep: drops the parent-death signal
+        import ctypes
+        ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG, none
     out = sys.argv[sys.argv.index("--out") + 1]
     os.makedirs(out, exist_ok=True)
     with open(os.environ["FAKE_LOG"], "a") as log:
@@ -131,9 +136,8 @@ def test_a_failure_quotes_the_exit_status_or_signal_and_the_last_error_line(
     assert (status.state, status.reason) == ("failed", error[-1])
 
 
-def test_a_trainer_killed_after_a_checkpoint_is_interrupted_and_the_next_sweep_resumes_it(
-    corpus, tmp_path
-):
+def write_base(tmp_path: Path, corpus: Path) -> None:
+    """A tiny real run (3000 steps, a checkpoint every 10) as the sweep's base."""
     (tmp_path / "base.toml").write_text(
         textwrap.dedent(
             f"""
@@ -158,6 +162,12 @@ def test_a_trainer_killed_after_a_checkpoint_is_interrupted_and_the_next_sweep_r
             """
         )
     )
+
+
+def test_a_trainer_killed_after_a_checkpoint_is_interrupted_and_the_next_sweep_resumes_it(
+    corpus, tmp_path
+):
+    write_base(tmp_path, corpus)
     sweep = write_sweep(tmp_path, '"optim.base_lr" = [0.02]')
     run_dir = tmp_path / "runs" / "sweep" / "base_lr=0.02"
     process = subprocess.Popen(
@@ -225,12 +235,14 @@ def test_stopping_a_sweep_stops_torchruns_ranks(fake, tmp_path):
 
 def test_runs_left_behind_by_a_killed_sweep_are_waited_for_not_started_twice(fake):
     directory, trainer, log, environment = fake
-    environment["FAKE_SLEEP"] = "3"
+    environment["FAKE_SLEEP"] = "15"  # outlasts the next sweep's start on a loaded machine
+    environment["FAKE_OUTLIVE"] = "1"
     sweep = write_sweep(directory, '"optim.lr" = [0.01, 0.02]')
     out = directory / "runs" / "sweep"
     names = ["lr=0.01", "lr=0.02"]
     first = subprocess.Popen(sweep_command(sweep, "--train-command", trainer), env=environment)
     left = wait_until(lambda: running_pids(out, names), 60, "both runs to start")
+    wait_until(lambda: len(log.read_text().split()) == 2, 60, "both trainers to start")
     first.kill()  # SIGKILL: the trainers live on
     first.wait()
     assert all(process_start(pid) for pid in left.values())
@@ -250,13 +262,15 @@ def test_runs_left_behind_by_a_killed_sweep_are_waited_for_not_started_twice(fak
 
 
 def test_cancel_stops_runs_left_behind_by_a_killed_sweep(fake):
-    directory, trainer, _, environment = fake
+    directory, trainer, log, environment = fake
     environment["FAKE_SLEEP"] = "120"
+    environment["FAKE_OUTLIVE"] = "1"
     sweep = write_sweep(directory, '"optim.lr" = [0.01, 0.02]')
     out = directory / "runs" / "sweep"
     names = ["lr=0.01", "lr=0.02"]
     first = subprocess.Popen(sweep_command(sweep, "--train-command", trainer), env=environment)
     left = wait_until(lambda: running_pids(out, names), 60, "both runs to start")
+    wait_until(lambda: len(log.read_text().split()) == 2, 60, "both trainers to start")
     first.kill()
     first.wait()
     try:
@@ -279,3 +293,71 @@ def test_cancel_stops_runs_left_behind_by_a_killed_sweep(fake):
         for pid in left.values():
             if process_start(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _kill_the_sweep_then_resume(sweep: Path, out: Path, killed: list[str], finished: list[str]):
+    """SIGKILL a sweep once the ``killed`` runs have a checkpoint and the ``finished`` ones are
+    done: within seconds no process of it is left; the next sweep resumes the killed runs from
+    their checkpoints and starts no finished run again."""
+    # torchrun from this interpreter's environment, whether or not it is activated
+    environment = subprocess_env(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    )
+    process = subprocess.Popen(sweep_command(sweep), env=environment, stdout=subprocess.PIPE)
+    children: dict[int, str] = {}
+    try:
+        wait_until(lambda: all((out / n / "summary.json").exists() for n in finished), 300, "runs")
+        for name in killed:
+            checkpoints = out / name / "checkpoints"
+            wait_until(lambda c=checkpoints: list_checkpoints(c), 300, "a checkpoint")
+        tops = running_pids(out, killed)
+        assert tops, "the killed runs should be running"
+        for pid in tops.values():
+            children.update(process_tree(pid))
+        process.kill()
+        process.wait()
+        moment = time.monotonic()
+        wait_until(
+            lambda: all(process_start(pid) != start for pid, start in children.items()),
+            30,
+            "the sweep's processes to end",
+        )
+        print(f"{len(children)} processes ended {time.monotonic() - moment:.1f} s after the kill")
+    finally:
+        process.kill()
+        for pid, start in children.items():
+            if process_start(pid) == start:
+                os.kill(pid, signal.SIGKILL)
+    saved = {name: list_checkpoints(out / name / "checkpoints")[-1][0] for name in killed}
+    summaries = {name: (out / name / "summary.json").stat().st_mtime_ns for name in finished}
+    resumed = subprocess.Popen(sweep_command(sweep), env=environment, stdout=subprocess.PIPE)
+    try:
+        for name in killed:
+            log = out / name / "train.log"
+            wait_until(lambda log=log: "resumed from" in log.read_text(), 300, "a resume")
+            assert re.search(rf"resumed from .* at step {saved[name]}\b", log.read_text())
+    finally:
+        resumed.send_signal(signal.SIGTERM)
+        resumed.communicate(timeout=120)
+    for name in finished:  # never started again
+        assert (out / name / "summary.json").stat().st_mtime_ns == summaries[name]
+        assert (out / name / "train.log").read_text().count("$ ") == 1
+
+
+def test_a_sigkilled_sweep_takes_its_trainings_with_it_and_the_rerun_resumes_them(corpus, tmp_path):
+    write_base(tmp_path, corpus)
+    sweep = write_sweep(tmp_path, '"train.steps" = [20, 3000]')
+    out = tmp_path / "runs" / "sweep"
+    _kill_the_sweep_then_resume(sweep, out, killed=["steps=3000"], finished=["steps=20"])
+
+
+@pytest.mark.distributed
+def test_a_sigkilled_sweep_takes_torchruns_ranks_with_it(corpus, tmp_path):
+    write_base(tmp_path, corpus)
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(
+        'base = "base.toml"\nworkers = 1\n[set]\n"train.nproc" = 2\n'
+        '"train.distributed" = "ddp"\n[axes]\n"optim.base_lr" = [0.02]\n'
+    )
+    out = tmp_path / "runs" / "sweep"
+    _kill_the_sweep_then_resume(sweep, out, killed=["base_lr=0.02"], finished=[])

@@ -15,7 +15,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = [
+    "UMASK",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "give_usual_modes",
+]
+
+
+def _read_umask() -> int:
+    """This process's umask, read once at import: from /proc where the kernel reports it, else
+    by setting and restoring it here, before any thread of ours exists. Never changed later,
+    since a process-wide change races with other threads' files and children."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -30,7 +53,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+        os.chmod(temporary, 0o666 & ~UMASK)  # mkstemp makes 0600; give the usual mode
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -39,10 +62,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     return target
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def give_usual_modes(directory: str | os.PathLike) -> None:
+    """The modes a plain ``mkdir`` / ``open`` under the user's umask would give, for a tree
+    assembled in a private temporary directory (``mkdtemp`` makes 0700, ``mkstemp`` 0600)."""
+    os.chmod(directory, 0o777 & ~UMASK)
+    for root, directories, files in os.walk(directory):
+        for names, mode in ((directories, 0o777), (files, 0o666)):
+            for name in names:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):  # a link's mode is no one's concern
+                    os.chmod(path, mode & ~UMASK)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

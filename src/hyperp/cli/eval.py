@@ -98,11 +98,15 @@ def run(args) -> int:
         report["data"] = result.to_dict()
     if args.tasks:
         report["tasks"] = _run_tasks(loaded, args)
+    from hyperp.cli.export import kept_message
+    from hyperp.train.checkpoint import keep_checkpoint
+
+    keep_checkpoint(loaded.path, loaded.step, "evaluated")
     if args.json:
         json.dump(report, sys.stdout, indent=2, default=str)
         print()
         return 0
-    print(f"run {loaded.path} at step {loaded.step}")
+    print(f"run {loaded.path} at step {loaded.step}; {kept_message(loaded.step)}")
     if args.data:
         data = report["data"]
         print(

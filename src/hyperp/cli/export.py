@@ -38,4 +38,14 @@ def run(args) -> int:
     )
     how = "trust_remote_code=True" if result.remote_code else "no remote code"
     print(f"wrote {result.directory} ({result.architecture}, step {result.step}, {how})")
+    print(kept_message(result.step))
+
+
+def kept_message(step: int) -> str:
+    from hyperp.train.checkpoint import KEEP
+
+    return (
+        f"the checkpoint of step {step} is kept from pruning (a {KEEP} file in its directory; "
+        "delete it to let pruning remove the checkpoint)"
+    )
     return 0

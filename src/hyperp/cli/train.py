@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from hyperp.cli import UserError, add_verb
@@ -46,6 +47,14 @@ def register(sub) -> None:
         help="checkpoint and exit after this step; rerun to continue",
     )
     parser.add_argument(
+        "--keep-step",
+        type=int,
+        action="append",
+        default=[],
+        metavar="STEP",
+        help="never prune the checkpoint of this step (repeatable)",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="print the resolved config and plan (LR, tokens, steps, FLOPs); train nothing",
@@ -80,8 +89,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     out = Path(args.out) if args.out else default_out_dir(args.config, config.trajectory_dict())
+    from hyperp.sweep.processes import TIED_TO_PARENT, die_with_parent
+
+    if os.environ.get(TIED_TO_PARENT):  # started by a sweep: end with it (torchrun's ranks too)
+        die_with_parent()
     try:
-        result = train(config, out, resume=args.resume, stop_after=args.stop_after)
+        result = train(
+            config,
+            out,
+            resume=args.resume,
+            stop_after=args.stop_after,
+            keep_steps=tuple(args.keep_step),
+        )
     except TrainingDiverged as error:
         raise UserError(str(error)) from None
     return result.exit_code

@@ -61,6 +61,7 @@ __all__ = [
     "LLMC_VERSION",
     "Corpus",
     "TokenSource",
+    "corpus_tokenizer",
     "largest_id",
     "load_tokenizer_file",
     "open_corpus",
@@ -381,7 +382,6 @@ def _open_prepared(directory: Path, verify: Verify, vocab_size: int | None) -> C
         raise ValueError(f"{directory / 'meta.json'} lists no training shards; {rerun}")
     if records is not None:
         records.save()
-    tokenizer_path = directory / meta.get("tokenizer", "tokenizer.json")
     return Corpus(
         path=directory,
         format=FORMAT_NAME,
@@ -390,8 +390,20 @@ def _open_prepared(directory: Path, verify: Verify, vocab_size: int | None) -> C
         vocab_size=vocab_size if vocab_size is not None else meta["vocab_size"],
         eot_id=meta.get("eot_id"),
         meta=meta,
-        tokenizer_path=tokenizer_path if tokenizer_path.is_file() else None,
+        tokenizer_path=_tokenizer_of(directory, meta),
     )
+
+
+def corpus_tokenizer(directory: str | os.PathLike) -> Path | None:
+    """The tokenizer.json that a prepared corpus's meta.json names (a plain file name in that
+    directory, checked as :func:`open_corpus` checks it), or None when it has none."""
+    directory = Path(directory)
+    return _tokenizer_of(directory, _read_meta(directory))
+
+
+def _tokenizer_of(directory: Path, meta: dict[str, Any]) -> Path | None:
+    path = directory / meta.get("tokenizer", "tokenizer.json")  # a plain name: see _read_meta
+    return path if path.is_file() else None
 
 
 def _read_llmc_header(path: Path) -> np.ndarray | None:

@@ -29,8 +29,10 @@ from pathlib import Path
 import torch
 
 from hyperp.data.preparation import EOT_TOKEN
+from hyperp.fileio import give_usual_modes
 from hyperp.model import ModelConfig
 from hyperp.serve.run import LoadedRun, load_run
+from hyperp.train.checkpoint import keep_checkpoint
 
 __all__ = ["DTYPES", "ExportResult", "export_run", "stock_architecture"]
 
@@ -330,10 +332,12 @@ def export_run(
             files += list(_REMOTE_FILES)
         (staging / "README.md").write_text(_readme(run, architecture, remote, dtype))
         files.append("README.md")
+        give_usual_modes(staging)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+    keep_checkpoint(run.path, run.step, f"exported to {out}")
     return ExportResult(out, architecture, remote, run.step, tuple(files))

@@ -8,7 +8,6 @@ found without re-verifying or re-preparing that corpus.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from hyperp.data import load_tokenizer_file
+from hyperp.data.corpus import corpus_tokenizer
 from hyperp.data.preparation import EOT_TOKEN
 from hyperp.model import Transformer
 from hyperp.model.transformer import rope_tables
@@ -96,11 +96,10 @@ def tokenizer_path(run_dir: str | os.PathLike[str], config: RunConfig | None = N
         )
     else:
         corpus_dir = Path(data_path)
-    meta_path = corpus_dir / "meta.json"
-    if meta_path.is_file():
-        name = json.loads(meta_path.read_text()).get("tokenizer", "tokenizer.json")
-        if (corpus_dir / name).is_file():
-            return corpus_dir / name
+    if (corpus_dir / "meta.json").is_file():
+        found = corpus_tokenizer(corpus_dir)  # the corpus reader's rule: a name in that directory
+        if found is not None:
+            return found
     if data_path and not corpus_dir.exists():
         raise FileNotFoundError(
             f"{run_dir} was trained on {data_path}, which no longer exists, and the run has no "

@@ -1,8 +1,11 @@
 """The local launcher: a pool of worker threads, each driving one training process at a time.
 
 Every process the sweep is responsible for is tracked by pid: the ones it started, and the ones
-an earlier sweep (killed with SIGKILL) left behind, which it waits for instead of starting the
-run a second time. Stopping the sweep (Ctrl-C, SIGTERM) stops all of them, torchrun's ranks
+an earlier sweep left behind (one that ignored the SIGTERM its parent's death sent it), which it
+waits for instead of starting the run a second time. A started command dies with the sweep, even
+a sweep killed with SIGKILL: it gets SIGTERM (the parent-death signal; torchrun passes it on to
+its ranks, which also ask for it themselves), checkpoints and exits, and the next sweep resumes
+it. Stopping the sweep (Ctrl-C, SIGTERM) stops all of them, torchrun's ranks
 included, and each run it stopped is recorded as interrupted, to be resumed next time.
 """
 
@@ -20,7 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hyperp.fileio import atomic_write_text
-from hyperp.sweep.processes import process_start, stop_processes
+from hyperp.sweep.processes import (
+    TIED_TO_PARENT,
+    parent_death_signal,
+    process_start,
+    stop_processes,
+)
 from hyperp.sweep.records import (
     Outcome,
     clear_attempt,
@@ -115,13 +123,15 @@ def _execute(run: RunSpec, command: list[str], environment: dict[str, str], pool
             if pool.stopping.is_set():
                 return Outcome("interrupted", _STOPPED)
             try:
-                # A new session: the stop signal goes to the command's whole process group.
+                # A new session: the stop signal goes to the command's whole process group. The
+                # command dies with the sweep (SIGTERM when this thread's process dies).
                 process = subprocess.Popen(
                     command,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=environment,
                     start_new_session=True,
+                    preexec_fn=parent_death_signal(),
                 )
             except OSError as error:
                 message = f"could not start {command[0]!r}: {error}"
@@ -180,6 +190,7 @@ def run_sweep(
             if on_event:
                 on_event(f"skip ({status.state})", run, status.reason)
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    environment[TIED_TO_PARENT] = "1"  # torchrun's ranks too: see hyperp.cli.train
     pool = _Pool(stop_grace_s)
 
     def raise_interrupt(signum, frame):

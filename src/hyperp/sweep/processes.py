@@ -9,17 +9,66 @@ group of the launched command misses them.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["process_start", "process_tree", "stop_processes", "this_host"]
+__all__ = [
+    "TIED_TO_PARENT",
+    "die_with_parent",
+    "parent_death_signal",
+    "process_start",
+    "process_tree",
+    "stop_processes",
+    "this_host",
+]
 
 _LINUX = sys.platform.startswith("linux")
+_PR_SET_PDEATHSIG = 1
+# Set in a launched command's environment: each trainer process (torchrun's ranks too) asks for
+# SIGTERM when its parent dies, so none outlives the sweep that started it.
+TIED_TO_PARENT = "HYPERP_TIED_TO_PARENT"
+
+
+def _prctl() -> Callable[..., int] | None:
+    if not _LINUX:
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def parent_death_signal(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child gets ``signum`` when the thread that
+    started it ends (on Linux; None elsewhere). The sweep's worker thread waits for its child, so
+    that happens only when the sweep dies, even of SIGKILL; a trainer then checkpoints and
+    exits, and the next sweep resumes it. The function is bound before the fork: the child runs
+    no Python import and takes no lock."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent, kill, getppid, getpid = os.getpid(), os.kill, os.getppid, os.getpid
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        if getppid() != parent:  # the parent died before the signal was armed
+            kill(getpid(), signum)
+
+    return arm
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Ask for ``signum`` when this process's parent dies (for a process another program
+    started, such as a torchrun rank, whose agent then dies). Linux only; elsewhere nothing."""
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
 
 
 def this_host() -> str:

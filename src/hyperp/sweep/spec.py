@@ -149,6 +149,12 @@ def _launcher_table(table: Any, where: str) -> tuple[str, SlurmOptions]:
 
 def _launcher_value(key: str, value: Any, where: str) -> Any:
     """One ``[launcher]`` setting, checked, in the form SlurmOptions holds it."""
+    for text in value if isinstance(value, list) else [value]:
+        if isinstance(text, str) and {"\n", "\r", "\0"} & set(text):
+            raise ValueError(
+                f"{where}: [launcher] {key} holds a line break or NUL character ({text!r}); "
+                "each setting becomes one line of the job script, so write it on one line"
+            )
     if key in _STRING_OPTIONS:
         if key == "mem" and isinstance(value, int) and not isinstance(value, bool):
             value = f"{value}M"  # sbatch reads a bare number as megabytes

@@ -269,7 +269,8 @@ class RunConfig:
             if not isinstance(table, dict):
                 raise ValueError(f"config section [{name}] must be a table, got {table!r}")
             _check_keys(name, section_class, table)
-            built[name] = section_class(**{k: coerce(name, k, v) for k, v in table.items()})
+            typed = {k: coerce(name, k, v, text=False) for k, v in table.items()}  # TOML, JSON
+            built[name] = section_class(**typed)
         return cls(**built)
 
     def plan(self) -> RunPlan:
@@ -387,9 +388,10 @@ def _field_types(section_class: type) -> dict[str, Any]:
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
-def coerce(section: str, key: str, value: Any) -> Any:
+def coerce(section: str, key: str, value: Any, *, text: bool = True) -> Any:
     """``value`` as the type of config field ``section.key``: text (from the command line) is
-    parsed; other values (from TOML or Python) must already have the type. A bool is not an
+    parsed; other values (from TOML or Python) must already have the type, and with
+    ``text=False`` (a typed file) so must text (``steps = "30"`` is refused). A bool is not an
     integer, and a float is not an integer even when whole (``steps = 2.0`` is refused)."""
     annotation = _field_types(SECTIONS[section])[key]
     options = (
@@ -399,7 +401,7 @@ def coerce(section: str, key: str, value: Any) -> Any:
     base = next(t for t in options if t is not type(None))
     if value is None and optional:
         return None
-    if isinstance(value, str) and base is not str:
+    if isinstance(value, str) and base is not str and text:
         return _parse_text(value, base, optional, f"{section}.{key}")
     valid = (
         isinstance(value, base) and not (base is int and isinstance(value, bool))

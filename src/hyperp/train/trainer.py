@@ -204,8 +204,10 @@ class Trainer:
         dist: Distributed,
         resume: str,
         stop_after: int | None = None,
+        keep_steps: tuple[int, ...] = (),
     ) -> None:
         self.config = config
+        self.keep_steps = keep_steps
         self.out_dir = out_dir
         self.dist = dist
         self.resume = resume
@@ -331,6 +333,7 @@ class Trainer:
             keep=train.keep_checkpoints,
             async_save=train.async_checkpoint,
             log=log.info,
+            keep_steps=self.keep_steps,
         )
         dtype, device_type = _precision(train.precision, dist.device), dist.device.type
 
@@ -361,8 +364,8 @@ class Trainer:
             run.log.info(precision_note)
 
     def _restore(self, run: _Run) -> int:
-        """Load the newest complete checkpoint, if any; the step to continue from."""
-        found = self._agreed_checkpoint(run) if self.resume != "never" else None
+        """Load the newest checkpoint that reads, if any; the step to continue from."""
+        found = run.checkpointer.restore_newest() if self.resume != "never" else None
         if found is None:
             if self.resume == "must":
                 raise FileNotFoundError(f"no checkpoint to resume in {self.checkpoint_dir}")
@@ -371,29 +374,11 @@ class Trainer:
             run.sinks = self._open_sinks(run, None)
             return 0
         step, path = found
-        run.checkpointer.restore(path)
         if run.loader.step != step:
             raise CheckpointError(f"checkpoint {path} is of step {run.loader.step}, not {step}")
         run.log.info(f"resumed from {path} at step {step}")
         run.sinks = self._open_sinks(run, step)
         return step
-
-    def _agreed_checkpoint(self, run: _Run) -> tuple[int, Path] | None:
-        """Rank 0's newest complete checkpoint, on every rank (a rank on a lagging network
-        filesystem might otherwise see another newest one)."""
-        failure, step = None, -1
-        if self.dist.is_main:
-            try:
-                found = run.checkpointer.latest()
-                step = found[0] if found else -1
-            except CheckpointError as error:
-                failure, step = error, -2
-        step = self.dist.broadcast_int(step)
-        if failure is not None:
-            raise failure
-        if step == -2:
-            raise CheckpointError("rank 0 could not read the checkpoints; see its message")
-        return (step, run.checkpointer.path_of(step)) if step >= 0 else None
 
     def _open_sinks(self, run: _Run, resume_step: int | None) -> Sinks | None:
         if not self.dist.is_main:
@@ -565,6 +550,8 @@ class Trainer:
     def _checkpoint(self, run: _Run, step: int) -> None:
         try:
             run.checkpointer.save(step)
+        except CheckpointError:
+            raise  # already names the step and the cause (a rank that died during a save)
         except (Exception, CheckpointException) as error:
             saved = run.checkpointer.latest()
             kept = f"step {saved[0]} in {saved[1]} is intact" if saved else "none was saved before"
@@ -698,19 +685,21 @@ def train(
     *,
     resume: str = "auto",
     stop_after: int | None = None,
+    keep_steps: tuple[int, ...] = (),
 ) -> RunResult:
     """Train one run into ``out_dir`` (see the module docstring); returns how it ended.
 
     ``resume``: ``"auto"`` continues from the newest checkpoint when there is one, ``"must"``
     requires one, ``"never"`` refuses a directory that already holds a run. ``stop_after``
     checkpoints and returns after that many steps (of the whole run), as Ctrl-C would; calling
-    again continues, so a long run can be cut into time-limited jobs.
+    again continues, so a long run can be cut into time-limited jobs. The checkpoints of
+    ``keep_steps`` are never pruned.
     """
     if resume not in ("auto", "must", "never"):
         raise ValueError(f"resume must be auto, must or never; got {resume!r}")
     dist = setup_distributed(config.train.device)
     out = Path(out_dir)
-    trainer = Trainer(config, out, dist, resume, stop_after)
+    trainer = Trainer(config, out, dist, resume, stop_after, keep_steps)
     try:
         result = trainer.run()
         dist.barrier()  # no rank tears down its connections while another still talks
