@@ -1,0 +1,89 @@
+"""The documentation against the code: every citation of the method document names a section
+that exists in docs/method.md, and in one form only (``docs/method.md §2.3``)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+METHOD_DOC = ROOT / "docs" / "method.md"
+NUMBER = r"\d+(?:\.\d+)?"
+# A citation: the document's path, then optional sections "§2.3", "§1.1, §1.7", "§2.1 and §2.5".
+CITATION = re.compile(rf"docs/method\.md((?: §{NUMBER}(?:(?:,| and|, and) §{NUMBER})*)?)")
+# The document's old name and short form, written so that this file does not match itself.
+OLD_FORM = re.compile(r"\b" + "METHOD" + r"(?:\.md\b| (?:sections? )?\d)")
+
+
+def method_sections() -> set[str]:
+    """Section numbers of docs/method.md from its headings: "## 2. Optimizers" -> "2"."""
+    headings = re.findall(rf"^#{{2,3}} ({NUMBER})\.? ", METHOD_DOC.read_text(), re.MULTILINE)
+    return set(headings)
+
+
+def cited_files() -> list[Path]:
+    files = [ROOT / "README.md", ROOT / "REPORT.md"]
+    for folder, pattern in (("src", "*.py"), ("src", "*.toml"), ("docs", "*.md")):
+        files += sorted((ROOT / folder).rglob(pattern))
+    for folder in ("studies", "tests", "benchmarks"):
+        files += sorted(p for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".toml"))
+    return [f for f in files if f.is_file() and f != Path(__file__).resolve()]
+
+
+def citations(text: str) -> list[tuple[int, str]]:
+    """(line, section) for every section cited in ``text``; "" for a citation of the whole file."""
+    found = []
+    for match in CITATION.finditer(text):
+        line = text.count("\n", 0, match.start()) + 1
+        found += [(line, s) for s in re.findall(NUMBER, match.group(1))] or [(line, "")]
+    return found
+
+
+def test_method_document_has_the_sections_the_code_was_written_against():
+    sections = method_sections()
+    for expected in ("1", "1.1", "1.7", "2", "2.1", "2.2", "2.3", "2.4", "2.5", "3", "3.1"):
+        assert expected in sections
+    for expected in ("4", "4.1", "5", "6", "6.1", "6.5"):
+        assert expected in sections
+
+
+def test_every_method_citation_names_an_existing_section():
+    sections = method_sections()
+    bad, count = [], 0
+    for path in cited_files():
+        for line, section in citations(path.read_text(encoding="utf-8")):
+            count += 1
+            if section and section not in sections:
+                bad.append(f"{path.relative_to(ROOT)}:{line}: §{section}")
+    assert count > 50, "the citation pattern no longer finds the code's references"
+    assert not bad, "citations of sections docs/method.md does not have:\n" + "\n".join(bad)
+
+
+def test_no_citation_uses_the_old_form():
+    old = []
+    for path in cited_files():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if OLD_FORM.search(line):
+                old.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not old, "cite the method as docs/method.md §N:\n" + "\n".join(old)
+
+
+@pytest.mark.parametrize(
+    "text, found",
+    [
+        ("see docs/method.md §2.3.", [(1, "2.3")]),
+        ("(docs/method.md §1.1, §1.7)", [(1, "1.1"), (1, "1.7")]),
+        ("docs/method.md §2.1 and §2.5", [(1, "2.1"), (1, "2.5")]),
+        ("x\ndocs/method.md for the method", [(2, "")]),
+        ("docs/method.md §9.9", [(1, "9.9")]),
+    ],
+)
+def test_citation_pattern(text, found):
+    assert citations(text) == found
+
+
+def test_old_form_pattern():
+    for old in ("M.md 2.3", "M 4", "(M.md)", "M.md section 6", "M.md 1.1, 1.7"):
+        assert OLD_FORM.search(old.replace("M", "METHOD")), old
+    for fine in ("METHODS = (", "BOOTSTRAP_METHOD = 1", "docs/method.md §2", "{METHOD}"):
+        assert not OLD_FORM.search(fine), fine
