@@ -1,4 +1,4 @@
-"""HyperP transfer rules, token budgets, parameter counts and FLOPs (METHOD.md section 4).
+"""HyperP transfer rules, token budgets, parameter counts and FLOPs (docs/method.md §4).
 
 Pure functions and frozen dataclasses; no torch. Every constant of the rule is a field with the
 paper's value as its default, since users re-fit them.
@@ -38,7 +38,7 @@ def parse_number(text: str) -> float:
 
 @dataclass(frozen=True)
 class ModelScale:
-    """The shape quantities that parameter counts and FLOPs depend on (METHOD.md 3, 4).
+    """The shape quantities that parameter counts and FLOPs depend on (docs/method.md §3, §4).
 
     ``width`` defaults to ``aspect_ratio * depth`` and ``n_heads`` to ``2 * width / head_dim``
     (attention inner width ``2n``), the paper's family.
@@ -72,7 +72,7 @@ class ModelScale:
 
     @property
     def params(self) -> int:
-        """Dense-equivalent active parameters N(d) of METHOD.md 4 (embedding and head counted).
+        """Dense-equivalent active parameters N(d) of docs/method.md §4 (embedding and head counted).
 
         ``12 n^2 d`` is the SwiGLU MLP (three n x 4n matrices per block); ``2 n d H hs`` the query
         and output projections; ``2 n d H_kv hs`` the key and value projections; ``2 V n`` the
@@ -88,7 +88,7 @@ class ModelScale:
 
     @property
     def flops_per_token(self) -> float:
-        """Training FLOPs per token: ``3 (2 N + 4 L (H hs) T_ctx)`` (METHOD.md 4)."""
+        """Training FLOPs per token: ``3 (2 N + 4 L (H hs) T_ctx)`` (docs/method.md §4)."""
         attention = 4 * self.depth * self.n_heads * self.head_dim * self.context
         return 3.0 * (2 * self.params + attention)
 
@@ -117,7 +117,7 @@ class TransferRule:
     @classmethod
     def for_method(cls, method: str, **overrides) -> TransferRule:
         """The rule each method's LR follows: HyperP all factors; the Muon and AdamW baselines
-        transfer by Depth-muP and the batch rule only (METHOD.md 2.5), i.e. no token factor."""
+        transfer by Depth-muP and the batch rule only (docs/method.md §2.5), i.e. no token factor."""
         if method == "hyperp":
             return cls(**overrides)
         if method in ("muon", "adamw"):
@@ -125,7 +125,7 @@ class TransferRule:
         raise ValueError(f"unknown method {method!r}; use hyperp, muon or adamw")
 
     def tokens_for(self, target: ModelScale) -> float:
-        """Chinchilla-style budget ``T0 · N(d) / N(d0)`` (METHOD.md 4)."""
+        """Chinchilla-style budget ``T0 · N(d) / N(d0)`` (docs/method.md §4)."""
         return self.base_tokens * target.params / self.base.params
 
     def lr_multiplier(self, target: ModelScale, tokens: float, batch: float) -> float:
@@ -170,7 +170,7 @@ def transfer(
     tokens: float | None = None,
     batch: float | None = None,
 ) -> TransferResult:
-    """Peak LR, token budget, batch and compute for ``target`` from a tuned base (METHOD.md 4).
+    """Peak LR, token budget, batch and compute for ``target`` from a tuned base (docs/method.md §4).
 
     ``tokens`` defaults to the Chinchilla-style budget, ``batch`` to the base batch.
     """
@@ -201,7 +201,7 @@ def lr_schedule(
     step: int, total_steps: int, *, warmup_steps: int = 0, final_fraction: float = 0.1
 ) -> float:
     """LR multiplier at ``step`` (0-based): optional linear warmup, then linear decay from 1 to
-    ``final_fraction`` at the last step (METHOD.md 4: HyperP uses no warmup)."""
+    ``final_fraction`` at the last step (docs/method.md §4: HyperP uses no warmup)."""
     if total_steps < 1:
         raise ValueError(f"total_steps must be at least 1, got {total_steps}")
     if warmup_steps and step < warmup_steps:

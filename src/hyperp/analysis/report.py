@@ -246,7 +246,7 @@ def write_report(study: Study, directory: str | os.PathLike[str]) -> list[Path]:
         "# Scaling study",
         "",
         f"{study.n_records} result(s) in {len(study.groups)} group(s). Fits follow "
-        "METHOD.md section 6; an optimum outside the swept range is reported as such, never "
+        "docs/method.md §6; an optimum outside the swept range is reported as such, never "
         "extrapolated.",
         "",
         *_summary_lines(study, markdown=True),

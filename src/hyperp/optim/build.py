@@ -1,4 +1,4 @@
-"""From a model to one optimizer: roles -> param groups -> algorithms (METHOD.md 2.1, 2.5)."""
+"""From a model to one optimizer: roles -> param groups -> algorithms (docs/method.md §2.1, §2.5)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ __all__ = ["METHODS", "build_optimizer", "param_groups"]
 
 METHODS = ("hyperp", "muon", "adamw")
 
-# Which algorithm trains each role, per method (METHOD.md 2.1 and 2.5).
+# Which algorithm trains each role, per method (docs/method.md §2.1 and §2.5).
 _ALGORITHM = {
     "hyperp": {
         Role.MATRIX: "muonh",

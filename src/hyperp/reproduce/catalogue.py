@@ -1,4 +1,4 @@
-"""The studies and the paper's claims they test, as data (METHOD.md 1).
+"""The studies and the paper's claims they test, as data (docs/method.md §1).
 
 Everything a verdict depends on is written here before any run: which sweep files make up a
 study (``studies/<size>/<stem>.toml``), which number each claim is judged by, the region that
@@ -55,7 +55,7 @@ def threshold(name: str) -> float:
     return THRESHOLDS[name][0]
 
 
-# The paper's setting (METHOD.md 1, 4): d8..d24 models, ~50 tokens per parameter, batches of
+# The paper's setting (docs/method.md §1, §4): d8..d24 models, ~50 tokens per parameter, batches of
 # 2^21 tokens, so about 5,000 steps at the base.
 PAPER_REGIME: dict[str, Any] = {
     "params": "0.4-5B (d8-d24)",
@@ -105,7 +105,7 @@ class Claim:
     """One verdict: the paper's statement, the number that judges it, and where it must lie."""
 
     key: str
-    label: str  # the claim's number in METHOD.md 1 and what part of it
+    label: str  # the claim's number in docs/method.md §1 and what part of it
     statement: str
     quantity: str
     region: Region
@@ -155,7 +155,7 @@ class Arm:
     - ``muon_decay``: the Muon baseline's weight decay, tuned at the base scale (the weight
       decay study's best value), as the paper tunes its baseline;
     - ``muon_logit_multiplier``: the Muon baseline's output-logit multiplier ``d0/d``
-      (METHOD.md 2.5), set explicitly per depth.
+      (docs/method.md §2.5), set explicitly per depth.
 
     A compute arm has ``lr_source`` and trains at the base LRs ``optimum * sqrt(2)^step`` for
     each step in ``bracket`` (0 alone: the transferred LR only). Curves matching one of
@@ -209,7 +209,7 @@ STUDIES: tuple[Study, ...] = (
     Study(
         name="weight_decay",
         title="Weight decay",
-        question="Does weight decay change MuonH's result (METHOD.md 1.2), and Muon's?",
+        question="Does weight decay change MuonH's result (docs/method.md §1.2), and Muon's?",
         design=(
             "On the fixed-radius sphere, decay followed by the retraction is the same step "
             "scaled by 1/(1 - lr*decay): a no-op by construction, not by experiment. The MuonH "
@@ -224,7 +224,7 @@ STUDIES: tuple[Study, ...] = (
     Study(
         name="width",
         title="Width transfer",
-        question="Does one base LR serve every width (METHOD.md 1.1), for each head rule?",
+        question="Does one base LR serve every width (docs/method.md §1.1), for each head rule?",
         design=(
             "LR curves at three widths (fixed depth, tokens and batch). HyperP with the three "
             "head rules: the paper's fixed head (0.02 at every width), the inverse-width head "
@@ -245,7 +245,7 @@ STUDIES: tuple[Study, ...] = (
         title="Depth transfer",
         question=(
             "Is Depth-muP (branch multiplier 1/sqrt(2L) and LR factor sqrt(d0/d)) what makes the "
-            "LR transfer across depth (METHOD.md 1.3)?"
+            "LR transfer across depth (docs/method.md §1.3)?"
         ),
         design=(
             "LR curves in absolute LR (no LR factor applied) at three depths of fixed width, "
@@ -270,7 +270,7 @@ STUDIES: tuple[Study, ...] = (
     Study(
         name="tokens",
         title="Token budget",
-        question="Does the optimal LR fall with the token budget as T^-0.32 (METHOD.md 1.4)?",
+        question="Does the optimal LR fall with the token budget as T^-0.32 (docs/method.md §1.4)?",
         design=(
             "LR curves (absolute LR, no token rule) at four budgets of one model, the largest "
             "at least 5 tokens per parameter, each run within one pass over the training "
@@ -284,7 +284,7 @@ STUDIES: tuple[Study, ...] = (
     Study(
         name="batch",
         title="Batch size",
-        question="Does the optimal LR follow the batch rule (B/B0)^0.5 (METHOD.md 4)?",
+        question="Does the optimal LR follow the batch rule (B/B0)^0.5 (docs/method.md §4)?",
         design=(
             "LR curves (absolute LR) at three batch sizes with the same token budget, so the "
             "steps fall as the batch grows. The rule predicts an exponent of 0.5."
@@ -303,7 +303,7 @@ STUDIES: tuple[Study, ...] = (
         title="Mixture of experts",
         question=(
             "Does the optimum transfer across the number of active experts k with SqrtGate, and "
-            "does SqrtGate keep the MoE output RMS independent of k (METHOD.md 1.1, 1.7)? Is a "
+            "does SqrtGate keep the MoE output RMS independent of k (docs/method.md §1.1, §1.7)? Is a "
             "load-balancing weight of 0.1 tolerated?"
         ),
         design=(
@@ -329,7 +329,7 @@ STUDIES: tuple[Study, ...] = (
         title="Compute leverage",
         question=(
             "Does HyperP reach Muon's loss with less compute, each method at its own "
-            "transferred LR (METHOD.md 1.5)?"
+            "transferred LR (docs/method.md §1.5)?"
         ),
         design=(
             "Three Chinchilla-style scales (width and tokens grow with depth), several seeds "
@@ -373,7 +373,7 @@ STUDIES: tuple[Study, ...] = (
     Study(
         name="stability",
         title="Stability",
-        question="Do the stability indicators stay bounded as the model grows (METHOD.md 1.6)?",
+        question="Do the stability indicators stay bounded as the model grows (docs/method.md §1.6)?",
         design=(
             "The indicators the compute runs logged (attention Z-value, branch output RMS, "
             "activation outliers), at the transferred LR, seeds pooled: each one's growth from "

@@ -24,7 +24,7 @@ from hyperp.serve.metrics import is_finite_number, read_metrics
 
 __all__ = ["INDICATORS", "RunCurves", "find_runs", "plot_runs"]
 
-# Stability indicators of METHOD.md 5 as logged in metrics.jsonl (model-level aggregates).
+# Stability indicators of docs/method.md §5 as logged in metrics.jsonl (model-level aggregates).
 INDICATORS = {
     "branch_rms": "branch output RMS",
     "outlier_pct": "activation outliers (%)",

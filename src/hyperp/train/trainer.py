@@ -637,7 +637,7 @@ class Trainer:
 
 
 def _optimizer(config: RunConfig, plan: RunPlan, model, roles, parallel, ns_dtype: str):
-    """The method's optimizer (METHOD.md 2) and its LR schedule (METHOD.md 4)."""
+    """The method's optimizer (docs/method.md §2) and its LR schedule (docs/method.md §4)."""
     optim = config.optim
     optimizer = build_optimizer(
         model,
