@@ -1,10 +1,18 @@
 """The documentation against the code: every citation of the method document names a section
-that exists in docs/method.md, and in one form only (``docs/method.md §2.3``)."""
+that exists in docs/method.md, in one form (``docs/method.md §2.3``); the README's first
+commands run from a fresh clone."""
 
+import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from support import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD_DOC = ROOT / "docs" / "method.md"
@@ -87,3 +95,47 @@ def test_old_form_pattern():
         assert OLD_FORM.search(old.replace("M", "METHOD")), old
     for fine in ("METHODS = (", "BOOTSTRAP_METHOD = 1", "docs/method.md §2", "{METHOD}"):
         assert not OLD_FORM.search(fine), fine
+
+
+# -- the README's first two commands, from a fresh clone --------------------------------------
+
+
+def readme_quick_start() -> list[str]:
+    """The commands of the README's first bash block, comments dropped."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.DOTALL).group(1)
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_ci_runs_the_readmes_setup_and_test_command():
+    setup, tests = readme_quick_start()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert setup.startswith("python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 -e ")
+    assert "python3 -m venv .venv" in ci and "pip install -q torch==2.13.0" in ci
+    assert ci.rstrip().splitlines()[-1] == tests  # CI's last command is the README's second
+
+
+def test_readmes_first_command_finishes_in_a_fresh_clone(tmp_path):
+    """The hyperp part of the README's first command, in a clone of this repository (the
+    virtual environment is the one running the tests), on a 1 MB slice of the corpus."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
+    setup = readme_quick_start()[0]
+    command = shlex.split(next(p for p in setup.split("&&") if "bin/hyperp" in p))
+    assert command[:2] == [".venv/bin/hyperp", "train"]
+    shrink = ["--data.max_bytes", "1000000", "--train.steps", "20"]
+    env = subprocess_env(HYPERP_CACHE=str(tmp_path / "cache"))
+    env["PYTHONPATH"] = os.pathsep.join([str(clone / "src"), env["PYTHONPATH"]])
+    done = subprocess.run(
+        [sys.executable, "-m", "hyperp", *command[1:], *shrink],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1].startswith("finished:"), done.stdout[-2000:]
+    (run,) = (clone / "runs").glob("smoke-*")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 20
