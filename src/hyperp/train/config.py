@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperp.model.config import ModelConfig
-from hyperp.rules import ModelScale, TransferRule, parse_number
+from hyperp.rules import SCHEDULES, ModelScale, TransferRule, describe_schedule, parse_number
 
 __all__ = [
     "CONFIG_DIR",
@@ -84,6 +84,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     final_lr_fraction: float = 0.1
+    schedule: str = "linear"  # linear (the paper's), cosine or wsd (docs/method.md §4.2)
+    decay_fraction: float = 0.2  # wsd: the share of the steps after warmup spent decaying
     grad_clip: float = 1.0
     momentum: float = 0.95
     beta1: float = 0.9
@@ -96,6 +98,8 @@ class OptimConfig:
         _choice("optim.method", self.method, ("hyperp", "muon", "adamw"))
         _choice("optim.sphere", self.sphere, ("matrix", "tensor"))
         _choice("optim.ns_dtype", self.ns_dtype, ("auto", "fp32", "bf16"))
+        _choice("optim.schedule", self.schedule, SCHEDULES)
+        _require(0 < self.decay_fraction <= 1, "optim.decay_fraction must be in (0, 1]")
         _require(self.lr is None or self.lr > 0, f"optim.lr must be positive, got {self.lr}")
         _require(self.base_lr > 0, f"optim.base_lr must be positive, got {self.base_lr}")
         _require(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
@@ -330,8 +334,12 @@ class RunConfig:
             f"budget: {tokens:,} tokens = {steps} steps x {batch_tokens:,} tokens "
             f"({tokens / scale.params:.3g} tokens/parameter)",
             how,
-            f"schedule: {'warmup ' + str(optim.warmup_steps) + ' steps, ' if optim.warmup_steps else ''}"
-            f"linear decay to {optim.final_lr_fraction:g} x peak",
+            describe_schedule(
+                optim.schedule,
+                warmup_steps=optim.warmup_steps,
+                final_fraction=optim.final_lr_fraction,
+                decay_fraction=optim.decay_fraction,
+            ),
         )
         return RunPlan(
             lr=lr,

@@ -664,6 +664,8 @@ def _optimizer(config: RunConfig, plan: RunPlan, model, roles, parallel, ns_dtyp
             plan.steps,
             warmup_steps=optim.warmup_steps,
             final_fraction=optim.final_lr_fraction,
+            shape=optim.schedule,
+            decay_fraction=optim.decay_fraction,
         )
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
