@@ -17,7 +17,9 @@ def register(sub) -> None:
             "attention is exported as the stock Qwen3 (with QK-norm) or Llama (without)\n"
             "architecture, with hyperp's multipliers folded into the weights: no remote code.\n"
             "Gated attention and MoE models carry a modeling file; load them with\n"
-            "trust_remote_code=True. Needs pip install 'hyperp[hf]'."
+            "trust_remote_code=True, and the command names the setting that ruled out a stock\n"
+            "export (the presets use gated attention: train with --model.gated_attention false\n"
+            "for a stock one). Needs pip install 'hyperp[hf]'."
         ),
     )
     parser.add_argument("run_dir", metavar="RUN", help="a run directory written by hyperp train")
@@ -38,4 +40,6 @@ def run(args) -> int:
     )
     how = "trust_remote_code=True" if result.remote_code else "no remote code"
     print(f"wrote {result.directory} ({result.architecture}, step {result.step}, {how})")
+    for setting in result.blocked_by:
+        print(f"not a stock architecture because of {setting}")
     return 0
