@@ -139,3 +139,44 @@ def test_readmes_first_command_finishes_in_a_fresh_clone(tmp_path):
     (run,) = (clone / "runs").glob("smoke-*")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == 20
+
+
+# -- docs/method.md §3.2: the start-up loss of every preset -------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["smoke", "tiny", "d8_dense"])
+def test_startup_loss_of_every_preset_is_ln_v_plus_half_the_logit_variance(preset):
+    """At step 0 the final norm hands the head vectors of RMS 1, the logits have std
+    sigma_head * sqrt(n) and the loss is about ln V + s^2 / 2 (docs/method.md §3.2)."""
+    import math
+
+    import torch
+
+    from hyperp.model import Transformer
+    from hyperp.train import load_config
+
+    config = load_config(preset, {"model.context": 64}).resolve(8192)
+    torch.manual_seed(0)
+    model = Transformer(config.model)
+    tokens = torch.randint(0, 8192, (4, 65))
+    with torch.no_grad():
+        out = model(tokens[:, :-1], tokens[:, 1:])
+    spread = out.logits.float().std(dim=-1).mean().item()
+    predicted = config.model.head_std * math.sqrt(config.model.width)
+    assert spread == pytest.approx(predicted, rel=0.05)
+    assert out.lm_loss.item() == pytest.approx(math.log(8192) + spread**2 / 2, abs=0.1)
+
+
+def test_every_preset_is_covered_by_the_startup_loss_check():
+    """d8_moe has d8_dense's width, head and head rule, so the same logit scale; building its
+    64 experts per block (about 0.8B parameters) would not fit the suite's budget."""
+    from hyperp.train import load_config
+
+    presets = {p.stem for p in (ROOT / "src/hyperp/configs").glob("*.toml")}
+    assert presets == {"smoke", "tiny", "d8_dense", "d8_moe"}
+    dense, moe = load_config("d8_dense").model, load_config("d8_moe").model
+    assert (moe.width, moe.head_std, moe.head_init_rule) == (
+        dense.width,
+        dense.head_std,
+        dense.head_init_rule,
+    )
