@@ -117,13 +117,13 @@ def test_ci_runs_the_readmes_setup_and_test_command():
 
 def test_readmes_first_command_finishes_in_a_fresh_clone(tmp_path):
     """The hyperp part of the README's first command, in a clone of this repository (the
-    virtual environment is the one running the tests), on a 1 MB slice of the corpus."""
+    virtual environment is the one running the tests), on a 500 KB slice of the corpus."""
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
     setup = readme_quick_start()[0]
     command = shlex.split(next(p for p in setup.split("&&") if "bin/hyperp" in p))
     assert command[:2] == [".venv/bin/hyperp", "train"]
-    shrink = ["--data.max_bytes", "1000000", "--train.steps", "20"]
+    shrink = ["--data.max_bytes", "500000", "--data.vocab_size", "1024", "--train.steps", "10"]
     env = subprocess_env(HYPERP_CACHE=str(tmp_path / "cache"))
     env["PYTHONPATH"] = os.pathsep.join([str(clone / "src"), env["PYTHONPATH"]])
     done = subprocess.run(
@@ -138,7 +138,7 @@ def test_readmes_first_command_finishes_in_a_fresh_clone(tmp_path):
     assert done.stdout.splitlines()[-1].startswith("finished:"), done.stdout[-2000:]
     (run,) = (clone / "runs").glob("smoke-*")
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["steps"] == 20
+    assert summary["status"] == "finished" and summary["steps"] == 10
 
 
 # -- docs/method.md §3.2: the start-up loss of every preset -------------------------------------
