@@ -35,7 +35,7 @@ TINY = {
     "optim.base_lr": 0.05,
 }
 
-# The architectures the export must cover (METHOD.md 3, 3.1).
+# The architectures the export must cover (docs/method.md §3, §3.1).
 VARIANTS = {
     # the paper's dense variant: gated attention + QK-norm
     "dense_ga": {},

@@ -1,4 +1,4 @@
-"""The fits of METHOD.md 6 on synthetic data with known answers, and on the paper's Table 4."""
+"""The fits of docs/method.md §6 on synthetic data with known answers, and on the paper's Table 4."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hyperp.analysis import (
     sweep_sensitivity,
 )
 
-# The paper's Table 4 (METHOD.md 1.4): d8 dense, optimum LR per token budget.
+# The paper's Table 4 (docs/method.md §1.4): d8 dense, optimum LR per token budget.
 TABLE4_TOKENS = np.array([10.4e9, 20.8e9, 41.6e9, 83.2e9, 166.4e9])
 TABLE4_LR = np.array([0.01515, 0.01208, 0.00958, 0.00772, 0.00635])
 

@@ -1,5 +1,5 @@
 """The optimizer under FSDP2, DDP and HSDP on gloo: same results as one process, sharded state,
-and Newton-Schulz split across ranks (METHOD.md 4.1)."""
+and Newton-Schulz split across ranks (docs/method.md §4.1)."""
 
 import json
 import subprocess

@@ -1,4 +1,4 @@
-"""Dense model: shapes, parameter counts (METHOD.md 4), init, roles, causality, attention math."""
+"""Dense model: shapes, parameter counts (docs/method.md §4), init, roles, causality, attention math."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_from_dict_rejects_unknown_keys():
 def test_dense_param_count_is_methods_N_plus_the_terms_it_ignores(depth):
     config = ModelConfig(depth=depth, vocab_size=32000)
     n, hs, heads = config.width, config.head_dim, config.n_heads
-    # METHOD.md 4 counts MLP, q/k/v/o, embedding and head; it ignores the attention gate
+    # docs/method.md §4 counts MLP, q/k/v/o, embedding and head; it ignores the attention gate
     # (n x H per block), the block norms (2n), the QK-norm gains (2 hs) and the final norm (n).
     ignored = depth * (n * heads + 2 * n + 2 * hs) + n
     assert config.num_params() == config.scale().params + ignored
@@ -141,7 +141,7 @@ def test_initialization_sets_the_radii():
     model = Transformer(config)
     q = model.blocks[0].attn.q.weight
     assert q.abs().max() <= 1 / math.sqrt(64)
-    # U(-1/sqrt(fan_in), 1/sqrt(fan_in)) gives R = ||W||_F ~ sqrt(fan_out / 3) (METHOD.md 2.3).
+    # U(-1/sqrt(fan_in), 1/sqrt(fan_in)) gives R = ||W||_F ~ sqrt(fan_out / 3) (docs/method.md §2.3).
     assert q.norm().item() == pytest.approx(math.sqrt(q.shape[0] / 3), rel=0.05)
     assert model.head.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert model.embedding.weight.std().item() == pytest.approx(1e-4, rel=0.05)

@@ -1,4 +1,4 @@
-"""MoE layer (METHOD.md 3.1): routing, SqrtGate, shared expert, balancing loss (local and global)."""
+"""MoE layer (docs/method.md §3.1): routing, SqrtGate, shared expert, balancing loss (local and global)."""
 
 from __future__ import annotations
 

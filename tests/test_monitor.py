@@ -1,4 +1,4 @@
-"""Stability indicators (METHOD.md 5), each against a hand computation."""
+"""Stability indicators (docs/method.md §5), each against a hand computation."""
 
 from __future__ import annotations
 

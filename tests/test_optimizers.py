@@ -97,7 +97,7 @@ def test_norms_fixed_over_100_steps_and_loss_falls():
 
 
 def reference_muonh_step(weight, grad, buffer, radius, lr, momentum=0.95):
-    """METHOD 2.3 written plainly for one matrix; returns (new weight, new buffer, moved W')."""
+    """docs/method.md §2.3 written plainly for one matrix; returns (new weight, new buffer, moved W')."""
     buffer = momentum * buffer + grad
     direction = newton_schulz(momentum * buffer + grad)
     moved = weight - lr * radius / direction.norm() * direction
@@ -105,7 +105,7 @@ def reference_muonh_step(weight, grad, buffer, radius, lr, momentum=0.95):
 
 
 def test_matches_plain_reference_over_steps():
-    # The batched, stacked implementation follows METHOD 2.3 written plainly, step after step,
+    # The batched, stacked implementation follows docs/method.md §2.3 written plainly, step after step,
     # and every reference step moves the matrix by exactly lr·R before the retraction.
     torch.manual_seed(3)
     weight = nn.Parameter(torch.randn(24, 40) * 0.1)
@@ -179,7 +179,7 @@ def run_with_decay(optimizer_class, lr, weight_decay, steps=10, **options):
 
 def test_weight_decay_is_second_order_on_the_sphere():
     # The trajectory change caused by decay λ shrinks like lr² for MuonH (ratio ≈ 4 when the lr
-    # halves): METHOD 2.3. Without a sphere, decay coupled to the lr acts at first order (ratio
+    # halves): docs/method.md §2.3. Without a sphere, decay coupled to the lr acts at first order (ratio
     # ≈ 2) and the baseline's independent decay does not shrink with the lr at all (ratio ≈ 1).
     # Newton-Schulz in fp32: bf16 rounds the update far above a second-order change.
     def ratio(optimizer_class, **options):

@@ -32,7 +32,11 @@ def test_plot_one_run_with_indicators(tmp_path, capsys):
     figure, _ = plot_runs([run_dir])
     axes = [a for a in figure.axes if a.get_visible()]
     titles = [a.get_title() for a in axes]
-    assert titles[:3] == ["loss (dashed: validation)", "loss against tokens", "LR schedule"]
+    assert titles[:3] == [
+        "loss (line: train; circles: validation)",
+        "loss against tokens",
+        "LR schedule (dotted: planned; dot: now)",
+    ]
     for indicator in ("branch output RMS", "attention Z", "router Z", "MaxVio"):
         assert indicator in titles
     records = read_metrics(run_dir)
@@ -59,13 +63,16 @@ def test_plot_a_sweep_coloured_by_the_swept_value(tmp_path):
     # No monitoring steps: no indicator row. A colour bar names the swept setting.
     assert "attention Z" not in [a.get_title() for a in visible]
     assert any(a.get_ylabel() == "optim.base_lr" for a in figure.axes)
-    colors = [to_rgba(line.get_color()) for line in visible[2].get_lines()]
+    # The LR panel: each run's planned schedule (dotted), logged LR (solid) and current step.
+    logged = [line for line in visible[2].get_lines() if line.get_linestyle() == "-"]
+    logged = [line for line in logged if line.get_marker() in ("None", None, "")]
+    colors = [to_rgba(line.get_color()) for line in logged]
     assert len(set(colors)) == 3
     # Colours run along the sequential scale with the swept value, each on its own run's curve.
     scale = colormaps["viridis"]
     assert colors == [scale(0.9 * (lr - 0.01) / (0.1 - 0.01)) for lr in (0.01, 0.03, 0.1)]
     for color, run in zip(colors, runs):
-        line = lines_by_color(visible[2])[color]
+        line = {to_rgba(line.get_color()): line for line in logged}[color]
         assert np.allclose(line.get_ydata(), [r["lr"] for r in read_metrics(run.path)])
     assert main(["plot", str(sweep), "--out", str(tmp_path / "sweep.png")]) == 0
     assert imread(tmp_path / "sweep.png").shape[1] > 1000

@@ -17,7 +17,7 @@ def test_paper_figures(depth, flops, multiplier):
     result = transfer(ModelScale(depth=depth))
     assert result.flops == pytest.approx(flops, rel=5e-4)
     assert round(result.lr_multiplier, 3) == multiplier
-    assert result.tokens_per_param == pytest.approx(50.0, rel=0.01)  # METHOD 4: about 50
+    assert result.tokens_per_param == pytest.approx(50.0, rel=0.01)  # docs/method.md §4: about 50
 
 
 def test_paper_shapes():

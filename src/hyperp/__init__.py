@@ -1,6 +1,6 @@
 """hyperp: transferable hypersphere optimization (HyperP) for language models.
 
-See METHOD.md for the method; the public entry points are ``hyperp.optim`` (MuonH, AdamH, the
+See docs/method.md for the method; the public entry points are ``hyperp.optim`` (MuonH, AdamH, the
 Muon baseline, parameter roles), ``hyperp.rules`` (transfer rules), ``hyperp.load_run`` (a
 trained run directory as model, config, tokenizer, step and metrics) and the ``hyperp`` CLI.
 """

@@ -1,4 +1,4 @@
-"""Stability indicators of METHOD.md section 5, collected on logging steps only.
+"""Stability indicators of docs/method.md §5, collected on logging steps only.
 
     with hyperp.monitor.collect(model) as stats:
         out = model(tokens)
@@ -24,7 +24,7 @@ Indicators (per layer, and aggregated over layers):
 - outlier percentage: in each token's residual-stream vector after the block, the share of
   elements with ``|h - mean| > 5 std`` (mean and std over the hidden dim); mean over layers;
 - attention Z: mean over batch, heads and queries of ``LSE^2``, LSE the log-sum-exp of the
-  scaled causal scores, computed here from q and k on every backend (METHOD.md 5 decision);
+  scaled causal scores, computed here from q and k on every backend (docs/method.md §5 decision);
 - router Z: mean over tokens of ``logsumexp(routed logits)^2``;
 - MaxVio ``(max_i c_i - mean c) / mean c`` over expert assignment counts, and load fractions
   ``c_i / sum c`` (global over data-parallel ranks when the balancing loss is).

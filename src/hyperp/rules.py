@@ -1,4 +1,5 @@
-"""HyperP transfer rules, token budgets, parameter counts and FLOPs (METHOD.md section 4).
+"""HyperP transfer rules, token budgets, parameter counts, FLOPs and the shape of the LR
+schedule (docs/method.md §4, §4.2).
 
 Pure functions and frozen dataclasses; no torch. Every constant of the rule is a field with the
 paper's value as its default, since users re-fit them.
@@ -16,9 +17,11 @@ from dataclasses import asdict, dataclass, field, replace
 
 __all__ = [
     "PAPER_BASE",
+    "SCHEDULES",
     "ModelScale",
     "TransferResult",
     "TransferRule",
+    "describe_schedule",
     "lr_schedule",
     "parse_number",
     "transfer",
@@ -38,7 +41,7 @@ def parse_number(text: str) -> float:
 
 @dataclass(frozen=True)
 class ModelScale:
-    """The shape quantities that parameter counts and FLOPs depend on (METHOD.md 3, 4).
+    """The shape quantities that parameter counts and FLOPs depend on (docs/method.md §3, §4).
 
     ``width`` defaults to ``aspect_ratio * depth`` and ``n_heads`` to ``2 * width / head_dim``
     (attention inner width ``2n``), the paper's family.
@@ -72,7 +75,7 @@ class ModelScale:
 
     @property
     def params(self) -> int:
-        """Dense-equivalent active parameters N(d) of METHOD.md 4 (embedding and head counted).
+        """Dense-equivalent active parameters N(d) of docs/method.md §4 (embedding and head counted).
 
         ``12 n^2 d`` is the SwiGLU MLP (three n x 4n matrices per block); ``2 n d H hs`` the query
         and output projections; ``2 n d H_kv hs`` the key and value projections; ``2 V n`` the
@@ -88,7 +91,7 @@ class ModelScale:
 
     @property
     def flops_per_token(self) -> float:
-        """Training FLOPs per token: ``3 (2 N + 4 L (H hs) T_ctx)`` (METHOD.md 4)."""
+        """Training FLOPs per token: ``3 (2 N + 4 L (H hs) T_ctx)`` (docs/method.md §4)."""
         attention = 4 * self.depth * self.n_heads * self.head_dim * self.context
         return 3.0 * (2 * self.params + attention)
 
@@ -117,7 +120,7 @@ class TransferRule:
     @classmethod
     def for_method(cls, method: str, **overrides) -> TransferRule:
         """The rule each method's LR follows: HyperP all factors; the Muon and AdamW baselines
-        transfer by Depth-muP and the batch rule only (METHOD.md 2.5), i.e. no token factor."""
+        transfer by Depth-muP and the batch rule only (docs/method.md §2.5), i.e. no token factor."""
         if method == "hyperp":
             return cls(**overrides)
         if method in ("muon", "adamw"):
@@ -125,7 +128,7 @@ class TransferRule:
         raise ValueError(f"unknown method {method!r}; use hyperp, muon or adamw")
 
     def tokens_for(self, target: ModelScale) -> float:
-        """Chinchilla-style budget ``T0 · N(d) / N(d0)`` (METHOD.md 4)."""
+        """Chinchilla-style budget ``T0 · N(d) / N(d0)`` (docs/method.md §4)."""
         return self.base_tokens * target.params / self.base.params
 
     def lr_multiplier(self, target: ModelScale, tokens: float, batch: float) -> float:
@@ -170,7 +173,7 @@ def transfer(
     tokens: float | None = None,
     batch: float | None = None,
 ) -> TransferResult:
-    """Peak LR, token budget, batch and compute for ``target`` from a tuned base (METHOD.md 4).
+    """Peak LR, token budget, batch and compute for ``target`` from a tuned base (docs/method.md §4).
 
     ``tokens`` defaults to the Chinchilla-style budget, ``batch`` to the base batch.
     """
@@ -197,15 +200,53 @@ def transfer(
     )
 
 
+SCHEDULES = ("linear", "cosine", "wsd")
+
+
 def lr_schedule(
-    step: int, total_steps: int, *, warmup_steps: int = 0, final_fraction: float = 0.1
+    step: int,
+    total_steps: int,
+    *,
+    warmup_steps: int = 0,
+    final_fraction: float = 0.1,
+    shape: str = "linear",
+    decay_fraction: float = 0.2,
 ) -> float:
-    """LR multiplier at ``step`` (0-based): optional linear warmup, then linear decay from 1 to
-    ``final_fraction`` at the last step (METHOD.md 4: HyperP uses no warmup)."""
+    """LR multiplier at ``step`` (0-based) of ``total_steps`` (docs/method.md §4.2): optional
+    linear warmup, then a shape that falls from 1 to ``final_fraction`` at the last step.
+
+    ``linear`` (the paper's, with no warmup): a straight line. ``cosine``: half a cosine.
+    ``wsd`` (warmup-stable-decay): 1 until the last ``decay_fraction`` of the steps after
+    warmup, then a straight line. The transfer rule sets the peak; every shape scales it alike.
+    """
     if total_steps < 1:
         raise ValueError(f"total_steps must be at least 1, got {total_steps}")
+    if shape not in SCHEDULES:
+        raise ValueError(f"unknown schedule {shape!r}; use one of: {', '.join(SCHEDULES)}")
+    if not 0 < decay_fraction <= 1:
+        raise ValueError(f"decay_fraction must be in (0, 1], got {decay_fraction}")
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
     decay_steps = max(1, total_steps - warmup_steps - 1)
     progress = min(1.0, max(0.0, (step - warmup_steps) / decay_steps))
+    if shape == "cosine":
+        return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if shape == "wsd":
+        stable = 1.0 - decay_fraction
+        progress = max(0.0, progress - stable) / decay_fraction
     return 1.0 - (1.0 - final_fraction) * progress
+
+
+def describe_schedule(
+    shape: str, *, warmup_steps: int, final_fraction: float, decay_fraction: float
+) -> str:
+    """One line naming a schedule, as the plan prints it."""
+    warmup = f"warmup {warmup_steps} steps, " if warmup_steps else ""
+    if shape == "cosine":
+        return f"schedule: {warmup}cosine decay to {final_fraction:g} x peak"
+    if shape == "wsd":
+        return (
+            f"schedule: {warmup}constant, then linear decay to {final_fraction:g} x peak over "
+            f"the last {decay_fraction:g} of the steps (wsd)"
+        )
+    return f"schedule: {warmup}linear decay to {final_fraction:g} x peak"

@@ -1,4 +1,4 @@
-"""Scaling analysis of METHOD.md section 6, from files only (numpy, scipy, matplotlib; no torch).
+"""Scaling analysis of docs/method.md §6, from files only (numpy, scipy, matplotlib; no torch).
 
 - ``fit_lr_optimum(lrs, losses)``: optimum of one LR sweep, fitted around its best point, with
   bootstrap interval and reliability flags.

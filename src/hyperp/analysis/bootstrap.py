@@ -1,4 +1,4 @@
-"""Intervals for designed studies: a residual bootstrap that keeps the design (METHOD.md 6).
+"""Intervals for designed studies: a residual bootstrap that keeps the design (docs/method.md §6).
 
 A study is a set of LR sweeps (``Sweep``: distinct LRs x seeds) or of cells measured once per
 seed (``CellTable``: e.g. one method at one scale and one LR). Each run's loss is modelled as

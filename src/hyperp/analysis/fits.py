@@ -1,4 +1,4 @@
-"""The fits of METHOD.md section 6: LR optima, power laws, loss against compute, leverage.
+"""The fits of docs/method.md §6: LR optima, power laws, loss against compute, leverage.
 
 Plain arrays in, small result objects out; numpy and scipy only (no torch), so a sweep can be
 re-analysed on any machine from its files.
@@ -61,7 +61,7 @@ def _paired(x: ArrayLike, y: ArrayLike, x_name: str, y_name: str) -> tuple[np.nd
 
 
 # --------------------------------------------------------------------------------------------
-# LR optimum of one sweep (METHOD.md 6): loss = a (ln lr)^2 + b ln lr + c
+# LR optimum of one sweep (docs/method.md §6): loss = a (ln lr)^2 + b ln lr + c
 # --------------------------------------------------------------------------------------------
 
 # Distinct LRs fitted on each side of the best one. Far from the optimum the loss is not a
@@ -79,7 +79,7 @@ def t_widening(degrees_of_freedom: float, level: float = 0.95) -> float:
     """How much wider a t interval with this many degrees of freedom is than a normal one.
 
     Residuals resampled from a small fit understate the noise they estimate; the bootstrap
-    widens them by this ratio, as a t interval would (METHOD.md 6 intervals, DESIGN analysis)."""
+    widens them by this ratio, as a t interval would (docs/method.md §6 intervals, DESIGN analysis)."""
     if degrees_of_freedom < 1:
         return math.nan
     tail = 0.5 + level / 2
@@ -378,7 +378,7 @@ def fit_lr_optimum(
     bootstrap: int = 1000,
     seed: int = 0,
 ) -> LROptimum:
-    """Fit ``loss = a (ln lr)^2 + b ln lr + c`` near the best point of one sweep (METHOD.md 6).
+    """Fit ``loss = a (ln lr)^2 + b ln lr + c`` near the best point of one sweep (docs/method.md §6).
 
     Only the points at the ``window`` distinct LRs on each side of the best observed one enter
     the fit (``window=None``: every point); diverged points (NaN or infinite loss) never do and
@@ -514,7 +514,7 @@ def fit_lr_optimum(
 
 
 # --------------------------------------------------------------------------------------------
-# Sweep-point sensitivity (METHOD.md 6)
+# Sweep-point sensitivity (docs/method.md §6)
 # --------------------------------------------------------------------------------------------
 
 
@@ -545,7 +545,7 @@ def sweep_sensitivity(
     seed: int = 0,
 ) -> SensitivityResult:
     """Fit every k-subset of the points an optimum is fitted to (``window``, as in
-    :func:`fit_lr_optimum`) and compare its optimum with the fit to all of them (METHOD.md 6).
+    :func:`fit_lr_optimum`) and compare its optimum with the fit to all of them (docs/method.md §6).
 
     Subsets whose parabola opens downward have no optimum; they are counted (``n_subsets -
     n_valid``) and left out of the means. The vertex is used even outside the subset's range,
@@ -601,13 +601,13 @@ def sweep_sensitivity(
 
 
 # --------------------------------------------------------------------------------------------
-# Power law of the optimum against a scale axis (METHOD.md 6): y = a x^b
+# Power law of the optimum against a scale axis (docs/method.md §6): y = a x^b
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class PowerLawFit:
-    """``y = coefficient * x ** exponent`` fitted two ways (METHOD.md 6).
+    """``y = coefficient * x ** exponent`` fitted two ways (docs/method.md §6).
 
     ``coefficient``/``exponent`` come from nonlinear least squares in linear space (the paper's
     procedure); ``loglog_*`` from least squares on ``ln y = ln a + b ln x``. Leave-one-out
@@ -741,7 +741,7 @@ def fit_power_law(x: ArrayLike, y: ArrayLike) -> PowerLawFit:
 @dataclass(frozen=True)
 class OffsetPowerLawFit:
     """``y = coefficient * x ** exponent + offset`` with ``coefficient >= 0`` and
-    ``0 <= offset <= min y`` (e.g. the optimal loss against sparsity, METHOD.md 6)."""
+    ``0 <= offset <= min y`` (e.g. the optimal loss against sparsity, docs/method.md §6)."""
 
     coefficient: float
     exponent: float
@@ -833,7 +833,7 @@ def fit_offset_power_law(x: ArrayLike, y: ArrayLike) -> OffsetPowerLawFit:
 
 
 # --------------------------------------------------------------------------------------------
-# Loss against compute (METHOD.md 6): L(C) = A C^-b + E, and leverage
+# Loss against compute (docs/method.md §6): L(C) = A C^-b + E, and leverage
 # --------------------------------------------------------------------------------------------
 
 
@@ -884,7 +884,7 @@ class ComputeCurve:
 
 
 def fit_loss_vs_compute(flops: ArrayLike, losses: ArrayLike, offset: bool = True) -> ComputeCurve:
-    """Fit loss against training compute, in linear loss space with the bounds of METHOD.md 6.
+    """Fit loss against training compute, in linear loss space with the bounds of docs/method.md §6.
 
     ``offset=True`` fits ``A C^-b + E`` (needs 3 points at 3 distinct compute values;
     more are advisable); ``offset=False`` the pure power law ``A C^-b`` (needs 2).
@@ -958,7 +958,7 @@ def fit_loss_vs_compute(flops: ArrayLike, losses: ArrayLike, offset: bool = True
 
 
 def leverage(curve: ComputeCurve, flops: ArrayLike, losses: ArrayLike) -> np.ndarray:
-    """Compute leverage of ``curve``'s method over a baseline at each baseline point (METHOD.md 6).
+    """Compute leverage of ``curve``'s method over a baseline at each baseline point (docs/method.md §6).
 
     For each baseline point ``(C_y, L_y)`` the curve is inverted, ``C_x = curve.inverse(L_y)``,
     and the leverage is ``C_y / C_x``: how many times less compute the curve's method needs to

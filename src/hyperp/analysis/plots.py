@@ -1,4 +1,4 @@
-"""Plots of a study, in the style of the paper's figures (METHOD.md 6).
+"""Plots of a study, in the style of the paper's figures (docs/method.md §6).
 
 Figures are built with ``matplotlib.figure.Figure`` directly (the Agg canvas, no pyplot state),
 so they work headless and in threads, and tests can inspect the returned objects.

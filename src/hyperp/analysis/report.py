@@ -244,8 +244,9 @@ def write_report(study: Study, directory: str | os.PathLike[str]) -> list[Path]:
     lines = [
         "# Scaling study",
         "",
-        f"{study.n_records} result(s) in {len(study.groups)} group(s). Fits follow METHOD.md "
-        "section 6; an optimum outside the swept range is reported as such, never extrapolated.",
+        f"{study.n_records} result(s) in {len(study.groups)} group(s). Fits follow "
+        "docs/method.md §6; an optimum outside the swept range is reported as such, never "
+        "extrapolated.",
         "",
         *_summary_lines(study, markdown=True),
         "",

@@ -1,5 +1,5 @@
 """A whole scaling study from flat records: LR optima per group, sensitivity, power laws of the
-optimum against a scale axis, loss against compute per method, and leverage (METHOD.md 6).
+optimum against a scale axis, loss against compute per method, and leverage (docs/method.md §6).
 
 Degenerate pieces (a group with too few points, one scale only, no FLOPs column) do not stop
 the study: each is recorded with a message saying what is missing.
@@ -49,7 +49,7 @@ AUTO_GROUP_KEYS = ("group", "depth", "width", "tokens", "batch_tokens", "seq_len
 # The loss column when --y is not given: the first of these that any record has.
 DEFAULT_LOSS_COLUMNS = ("val_loss", "loss")
 # An offset curve A C^-b + E has three parameters; below this many points the pure power law
-# is preferred (METHOD.md 6: "pure power law when there are few points").
+# is preferred (docs/method.md §6: "pure power law when there are few points").
 MIN_POINTS_FOR_OFFSET = 4
 
 
@@ -124,7 +124,7 @@ class PowerLawResult:
     error: str | None = None
     lr_intervals: list[tuple[float, float]] = field(default_factory=list)
     target: float | None = None
-    # The optimal loss against the same axis, L* = A x^b + C (METHOD.md 6, e.g. sparsity).
+    # The optimal loss against the same axis, L* = A x^b + C (docs/method.md §6, e.g. sparsity).
     loss_fit: OffsetPowerLawFit | None = None
     loss_error: str | None = None
 
@@ -305,7 +305,7 @@ def analyze(
     options: FitOptions | None = None,
     failed: Sequence[Any] = (),
 ) -> Study:
-    """Run every fit of METHOD.md 6 that the records support."""
+    """Run every fit of docs/method.md §6 that the records support."""
     options = options or FitOptions()
     if not records:
         raise ValueError("no finished runs or result rows to analyse; check the paths given")

@@ -22,7 +22,7 @@ def register(sub) -> None:
             "multiplier, residual stream, logits) against width. Under HyperP the hidden curves\n"
             "are flat: |slope of log RMS vs log width| <= 0.2. Compare with --method sp-adamw\n"
             "(standard parameterization, AdamW), whose curves grow with width. The logits follow\n"
-            "the head-init width rule (METHOD.md 3) and are shown but not part of the verdict.\n"
+            "the head-init width rule (docs/method.md §3) and are shown but not part of the verdict.\n"
             "Any other model field is set as in hyperp train: --model.KEY VALUE, e.g.\n"
             "--model.head_init_rule inverse_width --model.qk_norm false.\n"
             "Exit status 0 when every hidden curve is flat, 1 otherwise."

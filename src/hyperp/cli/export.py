@@ -17,7 +17,9 @@ def register(sub) -> None:
             "attention is exported as the stock Qwen3 (with QK-norm) or Llama (without)\n"
             "architecture, with hyperp's multipliers folded into the weights: no remote code.\n"
             "Gated attention and MoE models carry a modeling file; load them with\n"
-            "trust_remote_code=True. Needs pip install 'hyperp[hf]'."
+            "trust_remote_code=True, and the command names the setting that ruled out a stock\n"
+            "export (the presets use gated attention: train with --model.gated_attention false\n"
+            "for a stock one). Needs pip install 'hyperp[hf]'."
         ),
     )
     parser.add_argument("run_dir", metavar="RUN", help="a run directory written by hyperp train")
@@ -38,7 +40,10 @@ def run(args) -> int:
     )
     how = "trust_remote_code=True" if result.remote_code else "no remote code"
     print(f"wrote {result.directory} ({result.architecture}, step {result.step}, {how})")
+    for setting in result.blocked_by:
+        print(f"not a stock architecture because of {setting}")
     print(kept_message(result.step))
+    return 0
 
 
 def kept_message(step: int) -> str:
@@ -48,4 +53,3 @@ def kept_message(step: int) -> str:
         f"the checkpoint of step {step} is kept from pruning (a {KEEP} file in its directory; "
         "delete it to let pruning remove the checkpoint)"
     )
-    return 0

@@ -9,7 +9,7 @@ import sys
 from hyperp.cli import UserError, add_verb
 
 DESCRIPTION = """\
-Fit the scaling analysis of METHOD.md section 6 to finished runs or to a table of results.
+Fit the scaling analysis of docs/method.md §6 to finished runs or to a table of results.
 
 Inputs: run directories (summary.json + config.json), sweep directories (searched for run
 directories; failed runs are listed), or CSV/TSV/JSONL/JSON files with one row per run

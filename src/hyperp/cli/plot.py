@@ -12,9 +12,11 @@ def register(sub) -> None:
         help="plot loss, LR and stability indicators of runs or sweeps",
         example="hyperp plot runs/lr-sweep --out lr-sweep.png",
         description=(
-            "Train loss (solid) and validation loss (dashed) against step and tokens, the LR\n"
-            "schedule, and a row of stability indicators (branch RMS, outliers, attention and\n"
-            "router Z, MaxVio) when metrics.jsonl has them. Give run directories, sweep\n"
+            "Train loss (lines) and validation loss (circles) against step and tokens, the\n"
+            "LR schedule (the whole planned one, dotted, and the current step), and a row of\n"
+            "stability indicators (branch RMS, outliers, attention and router Z, MaxVio) when\n"
+            "metrics.jsonl has them, with the bounds hyperp reproduce judges them by as grey\n"
+            "dashed lines. Give run directories, sweep\n"
             "directories (every run below them), or both; runs of a sweep are coloured by the\n"
             "swept value. Works on running runs too."
         ),

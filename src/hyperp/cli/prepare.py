@@ -59,6 +59,13 @@ def register(sub) -> None:
         help="tokens per shard file (default 100M)",
     )
     parser.add_argument(
+        "--max-bytes",
+        type=int,
+        default=None,
+        help="read inputs in order only until their text reaches this many bytes (a quick "
+        "look at a large tree; default: everything)",
+    )
+    parser.add_argument(
         "--quiet", action="store_true", help="print only warnings, errors and the final summary"
     )
     parser.set_defaults(func=run)
@@ -114,6 +121,7 @@ def run(args) -> int:
                 shard_tokens=DEFAULT_SHARD_TOKENS
                 if args.shard_tokens is None
                 else args.shard_tokens,
+                max_bytes=args.max_bytes,
                 command=shlex.join(["hyperp", *sys.argv[1:]]),
                 log=log,
                 progress=progress,

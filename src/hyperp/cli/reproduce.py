@@ -10,7 +10,7 @@ from pathlib import Path
 from hyperp.cli import UserError, add_verb
 
 DESCRIPTION = """\
-Test the paper's claims (METHOD.md 1) with studies designed to isolate each one: weight decay,
+Test the paper's claims (docs/method.md §1) with studies designed to isolate each one: weight decay,
 width, depth, token budget, batch size, MoE granularity, compute leverage and stability. Every
 claim is judged by a 95% interval against a threshold fixed in advance: it holds, is
 contradicted, or is not resolved at this scale (and a study far from the paper's training regime

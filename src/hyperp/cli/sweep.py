@@ -31,7 +31,7 @@ warned of its time limit or preemption checkpoints and requeues itself.
 
 Sweep file:
   base = "base.toml"                     # training config relative to the sweep file,
-                                         # or a preset name (tiny, d8_dense, d8_moe)
+                                         # or a preset name (smoke, tiny, d8_dense, d8_moe)
   out = "runs/lr-width"                  # default: runs/<sweep file stem>
   workers = 2                            # local runs in parallel
   [set]

@@ -18,8 +18,8 @@ def register(sub) -> None:
         help="train a model (HyperP, Muon or AdamW) into a resumable run directory",
         example="hyperp train --config tiny --train.steps 300 --optim.base_lr 0.02",
         description=(
-            "Train one run. The config is a TOML file or a preset name from configs/ (tiny,\n"
-            "d8_dense, d8_moe); any field can be overridden with --SECTION.KEY VALUE, e.g.\n"
+            "Train one run. The config is a TOML file or a preset name from configs/ (smoke,\n"
+            "tiny, d8_dense, d8_moe); any field can be overridden with --SECTION.KEY VALUE, e.g.\n"
             "--model.width 256 --optim.method muon --train.tokens 2e8. With no data.path the\n"
             "built-in corpus (this Python's standard library sources) is prepared once and\n"
             "cached. Runs resume automatically from their last checkpoint; Ctrl-C saves one.\n"

@@ -1,4 +1,4 @@
-"""``hyperp transfer``: the LR, token budget, batch and compute a target model gets (METHOD 4)."""
+"""``hyperp transfer``: the LR, token budget, batch and compute a target model gets (docs/method.md §4)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def register(sub) -> None:
         help="LR, tokens, batch and FLOPs for target models from a tuned base (HyperP rules)",
         example="hyperp transfer --base-lr 0.016 --depth 12 16 20 24",
         description=(
-            "Apply the HyperP transfer rule (METHOD.md 4):\n"
+            "Apply the HyperP transfer rule (docs/method.md §4):\n"
             "  lr = base_lr * (B/B0)^0.5 * (d0/d)^0.5 * (T/T0)^-0.32\n"
             "Defaults are the paper's base: d0=8, aspect ratio 128, head dim 128, 4 KV heads,\n"
             "vocab 32000, context 4096, T0=10.4e9 tokens, B0=2^21 tokens. The token budget T\n"
@@ -73,7 +73,7 @@ def register(sub) -> None:
         "--method",
         choices=("hyperp", "muon", "adamw"),
         default="hyperp",
-        help="muon and adamw transfer without the token factor (METHOD 2.5)",
+        help="muon and adamw transfer without the token factor (docs/method.md §2.5)",
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.set_defaults(func=run)

@@ -385,9 +385,23 @@ class DocumentSource:
     hf_dataset: str | None = None
     hf_split: str = "train"
     hf_field: str = "text"
+    max_bytes: int | None = None  # stop once the documents' text reaches this many UTF-8 bytes
 
     def documents(self) -> Iterator[Document]:
-        """Yield every document, in the same order on every call."""
+        """Yield every document, in the same order on every call; with ``max_bytes``, the
+        documents in that order until their text reaches ``max_bytes`` (the one that crosses
+        the cap is the last, so at least one document is read)."""
+        if self.max_bytes is None:
+            yield from self._all_documents()
+            return
+        total = 0
+        for document in self._all_documents():
+            yield document
+            total += len(document.text.encode("utf-8", "surrogatepass"))
+            if total >= self.max_bytes:
+                return
+
+    def _all_documents(self) -> Iterator[Document]:
         for path in self.files:
             kind = _file_kind(path)
             if kind == "jsonl":

@@ -465,6 +465,7 @@ def prepare(
     hf_split: str = "train",
     hf_field: str = "text",
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    max_bytes: int | None = None,
     command: str | None = None,
     log: Callable[[str], None] | None = None,
     progress: ProgressMode = "lines",
@@ -485,6 +486,8 @@ def prepare(
     deterministic); None chooses it from the corpus size (:func:`auto_val_fraction`: 1%, at least
     ~0.5M tokens, at most ~10M tokens, never above 10%). A warning names ``--val-fraction`` when
     the validation split ends up below 50,000 tokens. ``shard_tokens`` caps tokens per shard.
+    ``max_bytes`` reads the documents in input order only until their text reaches that many
+    UTF-8 bytes (a quick look at a large tree); None reads everything.
 
     ``out_dir`` receives ``tokenizer.json``, ``train_000000.bin``..., ``val_000000.bin``... and
     ``meta.json`` (``format``, ``format_version``, ``dtype``, ``vocab_size``, ``eot_id``,
@@ -505,6 +508,10 @@ def prepare(
     started = time.perf_counter()
     say = log or (lambda message: None)
     _check_options(val_fraction, shard_tokens, seed, vocab_size, tokenizer)
+    if max_bytes is not None and (
+        isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
+    ):
+        raise ValueError(f"--max-bytes must be a positive integer, not {max_bytes!r}")
     if not inputs and hf_dataset is None:
         raise ValueError(
             "no inputs: pass text/JSONL/Parquet files, directories, globs or --hf-dataset"
@@ -524,11 +531,14 @@ def prepare(
         hf_dataset=hf_dataset,
         hf_split=hf_split,
         hf_field=hf_field,
+        max_bytes=max_bytes,
     )
 
     # Pass 1: pieces and their split keys; then the split.
     say(f"reading {len(files)} files" + (f" and dataset {hf_dataset}" if hf_dataset else ""))
-    with Progress("reading", _estimated_input_size(files), mode=progress, log=log) as reading:
+    estimate = _estimated_input_size(files)
+    estimate = estimate if max_bytes is None else min(estimate, max_bytes)
+    with Progress("reading", estimate, mode=progress, log=log) as reading:
         scan = _scan(source, seed, reading)
     if not scan.keys:
         raise _no_input_error(inputs, hf_dataset, [], binary)

@@ -1,4 +1,4 @@
-"""The paper's dense and MoE transformer family (METHOD.md section 3)."""
+"""The paper's dense and MoE transformer family (docs/method.md §3)."""
 
 from hyperp.model.config import ModelConfig
 from hyperp.model.moe import MoE, SwiGLU, load_balancing_loss

@@ -1,4 +1,4 @@
-"""The model configuration of the paper's transformer family (METHOD.md section 3).
+"""The model configuration of the paper's transformer family (docs/method.md §3).
 
 One dataclass with plain fields (ints, floats, bools, strings) so that TOML ``[model]`` tables
 and ``--model.key value`` overrides map onto it directly. Defaults reproduce the paper's d8 shape.
@@ -18,13 +18,13 @@ HEAD_INIT_RULES = ("fixed", "inverse_width", "logit_scale")
 
 @dataclass
 class ModelConfig:
-    """Shape and parameterization of a dense or MoE decoder transformer (METHOD.md 3, 3.1).
+    """Shape and parameterization of a dense or MoE decoder transformer (docs/method.md §3, §3.1).
 
     ``width`` defaults to ``aspect_ratio * depth`` and ``n_heads`` to ``2 * width // head_dim``
     (attention inner width ``2n``). ``vocab_size`` must be set to build a model; a training run
     leaves it None and takes it from its data (``hyperp.train.RunConfig.resolve``).
     ``logit_multiplier`` None means 1 here; a training run sets the method's own (``d0/d`` for
-    the Muon baseline, METHOD.md 2.5). ``moe_sparsity = 0`` gives a dense SwiGLU MLP; otherwise each
+    the Muon baseline, docs/method.md §2.5). ``moe_sparsity = 0`` gives a dense SwiGLU MLP; otherwise each
     block has ``moe_sparsity * moe_granularity`` experts of hidden ``mlp_ratio * width /
     moe_granularity`` and routes each token to ``moe_granularity`` of them.
     """
@@ -192,17 +192,17 @@ class ModelConfig:
 
     @property
     def residual_multiplier(self) -> float:
-        """Depth-muP branch multiplier ``1/sqrt(2L)`` (METHOD.md 3), or 1 when switched off."""
+        """Depth-muP branch multiplier ``1/sqrt(2L)`` (docs/method.md §3), or 1 when switched off."""
         return 1.0 / math.sqrt(2 * self.depth) if self.depth_mup else 1.0
 
     @property
     def softmax_scale(self) -> float:
-        """Attention scale ``sqrt(hd0)/hs`` (METHOD.md 3)."""
+        """Attention scale ``sqrt(hd0)/hs`` (docs/method.md §3)."""
         return math.sqrt(self.base_head_dim) / self.head_dim
 
     @property
     def head_std(self) -> float:
-        """Output head init std after the width rule (METHOD.md 3): ``fixed`` keeps
+        """Output head init std after the width rule (docs/method.md §3): ``fixed`` keeps
         ``head_init_std``; ``inverse_width`` uses ``head_init_std * base_width / width``;
         ``logit_scale`` uses ``head_init_std * sqrt(base_width / width)``, which holds the initial
         logit std ``head_std * sqrt(width)`` at its value at ``base_width``."""
@@ -215,7 +215,7 @@ class ModelConfig:
     # ----- counts -----------------------------------------------------------------------------
 
     def scale(self) -> ModelScale:
-        """The dense-equivalent shape used by the transfer rules and FLOP counts (METHOD.md 4)."""
+        """The dense-equivalent shape used by the transfer rules and FLOP counts (docs/method.md §4)."""
         return ModelScale(
             depth=self.depth,
             width=self.width,

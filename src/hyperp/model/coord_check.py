@@ -8,7 +8,7 @@ AdamW at a fixed learning rate they grow with width (the updates' effect on acti
 with fan-in). Flatness is judged by the least-squares slope of ``log RMS`` against
 ``log width``: a slope of ``s`` means the quantity changes by ``(w_max/w_min)^s`` over the range.
 
-Methods: ``hyperp`` (MuonH/AdamH/Adam), ``muon`` and ``adamw`` (the baselines of METHOD.md 2.5,
+Methods: ``hyperp`` (MuonH/AdamH/Adam), ``muon`` and ``adamw`` (the baselines of docs/method.md §2.5,
 through ``hyperp.optim.build_optimizer``) and ``sp-adamw``: standard parameterization, one
 ``torch.optim.AdamW`` for everything and no Depth-muP multiplier, the reference for "not flat".
 """
@@ -151,8 +151,8 @@ class CoordCheckResult:
                     flat = "yes" if abs(slope) <= FLAT_SLOPE_TOLERANCE else "NO"
                     if quantity == "logits_rms" and flat == "NO" and self.method == "hyperp":
                         # At init the logit RMS is head_std * sqrt(width); which way it drifts
-                        # depends on the head-init width rule (METHOD.md 3), not on the optimizer.
-                        flat = "no: set by the head-init width rule (METHOD.md 3)"
+                        # depends on the head-init width rule (docs/method.md §3), not on the optimizer.
+                        flat = "no: set by the head-init width rule (docs/method.md §3)"
                     row += f"{slope:>9.3f}  {flat}"
                 lines.append(row)
         depth_slopes = self.depth_slopes()
@@ -269,7 +269,7 @@ def coord_check(
             torch.manual_seed(seed)
             model = Transformer(config).to(device)
             depth_ratio = result.depths[0] / depth
-            # Depth transfer (METHOD.md 4, 2.5): HyperP and Muon scale the LR by sqrt(d0/d);
+            # Depth transfer (docs/method.md §4, §2.5): HyperP and Muon scale the LR by sqrt(d0/d);
             # the AdamW baseline scales matrix LRs by d0/d inside build_optimizer.
             depth_lr = lr * math.sqrt(depth_ratio) if method in ("hyperp", "muon") else lr
             optimizer = _optimizer(model, method, depth_lr, depth_ratio=depth_ratio)

@@ -1,4 +1,4 @@
-"""Mixture-of-Experts feed-forward layer (METHOD.md section 3.1).
+"""Mixture-of-Experts feed-forward layer (docs/method.md §3.1).
 
 Token-choice routing: a bias-free router ``n -> E`` (a hidden matrix, on a sphere under MuonH),
 top-k of the routed logits, softmax over those k only, no capacity limit and no token dropping.
@@ -138,7 +138,7 @@ def load_balancing_loss(
     *,
     global_over_ranks: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Switch-style balancing loss ``weight * E * sum_i f_i * P_i`` (METHOD.md 3.1).
+    """Switch-style balancing loss ``weight * E * sum_i f_i * P_i`` (docs/method.md §3.1).
 
     ``probs``: softmax over all routed logits, tokens x E (fp32). ``expert_index``: the top-k
     choices, tokens x k. ``f_i`` is expert i's share of all top-k assignments and ``P_i`` the
@@ -174,7 +174,7 @@ def _distributed_world_size() -> int:
 
 
 class MoE(nn.Module):
-    """Routed SwiGLU experts with optional shared expert and SqrtGate (METHOD.md 3.1).
+    """Routed SwiGLU experts with optional shared expert and SqrtGate (docs/method.md §3.1).
 
     ``forward`` returns ``(output, balancing_loss)``.
     """
@@ -204,7 +204,7 @@ class MoE(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        # METHOD.md 2.3: every expert slice U(-1/sqrt(fan_in), 1/sqrt(fan_in)), one sphere each.
+        # docs/method.md §2.3: every expert slice U(-1/sqrt(fan_in), 1/sqrt(fan_in)), one sphere each.
         for bank in (self.w_gate, self.w_up, self.w_down):
             bound = 1.0 / math.sqrt(bank.shape[-1])
             bank.uniform_(-bound, bound)
@@ -216,7 +216,7 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = x.shape
         tokens = x.reshape(-1, self.width)
-        # Router statistics in fp32 (METHOD.md 3.1), whatever the autocast dtype.
+        # Router statistics in fp32 (docs/method.md §3.1), whatever the autocast dtype.
         with torch.autocast(tokens.device.type, enabled=False):
             logits = F.linear(tokens.float(), self.router.weight.float())
         top_logits, expert_index = torch.topk(logits, self.top_k, dim=-1)

@@ -1,4 +1,4 @@
-"""The paper's pre-norm decoder transformer, dense or MoE (METHOD.md section 3).
+"""The paper's pre-norm decoder transformer, dense or MoE (docs/method.md §3).
 
 RMSNorm with gains, RoPE on the full head, grouped-query attention with optional QK-norm and
 per-head output gates, SwiGLU MLP (or MoE), untied embedding and head, no biases, Depth-muP
@@ -121,7 +121,7 @@ def _cached_causal_mask(new: int, total: int, device: torch.device) -> torch.Ten
 
 
 class Attention(nn.Module):
-    """Causal grouped-query attention with optional QK-norm and gated heads (METHOD.md 3)."""
+    """Causal grouped-query attention with optional QK-norm and gated heads (docs/method.md §3)."""
 
     def __init__(self, config: ModelConfig, layer_index: int = 0) -> None:
         super().__init__()
@@ -157,7 +157,7 @@ class Attention(nn.Module):
         k = self.k(x).view(batch, length, self.n_kv_heads, self.head_dim)
         v = self.v(x).view(batch, length, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)  # before RoPE (METHOD.md 3)
+            q, k = self.q_norm(q), self.k_norm(k)  # before RoPE (docs/method.md §3)
         q = apply_rope(q.transpose(1, 2), cos, sin)
         k = apply_rope(k.transpose(1, 2), cos, sin)
         v = v.transpose(1, 2)
@@ -222,7 +222,7 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """The paper's decoder-only language model (METHOD.md 3), dense or MoE."""
+    """The paper's decoder-only language model (docs/method.md §3), dense or MoE."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -240,7 +240,7 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Initialization of METHOD.md 2.3, 2.4 and 3; it fixes the sphere radii.
+        """Initialization of docs/method.md §2.3, §2.4 and §3; it fixes the sphere radii.
 
         Hidden matrices and expert slices U(-1/sqrt(fan_in), 1/sqrt(fan_in)); head
         N(0, head_std^2); embedding N(0, embedding_init_std^2); norm gains 1.

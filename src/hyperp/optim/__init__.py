@@ -1,4 +1,4 @@
-"""Optimizers of METHOD.md section 2 and the structural parameter roles.
+"""Optimizers of docs/method.md §2 and the structural parameter roles.
 
 Three lines to train any model with HyperP::
 

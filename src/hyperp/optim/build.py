@@ -1,7 +1,8 @@
-"""From a model to one optimizer: roles -> param groups -> algorithms (METHOD.md 2.1, 2.5)."""
+"""From a model to one optimizer: roles -> param groups -> algorithms (docs/method.md §2.1, §2.5)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ __all__ = ["METHODS", "build_optimizer", "param_groups"]
 
 METHODS = ("hyperp", "muon", "adamw")
 
-# Which algorithm trains each role, per method (METHOD.md 2.1 and 2.5).
+# Which algorithm trains each role, per method (docs/method.md §2.1 and §2.5).
 _ALGORITHM = {
     "hyperp": {
         Role.MATRIX: "muonh",
@@ -117,6 +118,8 @@ def build_optimizer(
             "embeddings and vectors. Use method='adamw', or give a parameter the 'matrix' role "
             "with roles={'name': 'matrix'}."
         )
+    if not any(Role(g["role"]) is Role.HEAD for g in groups):
+        _warn_no_head(model, groups, _ALGORITHM[method][Role.MATRIX])
     common = {
         "betas": betas,
         "eps": eps,
@@ -142,3 +145,23 @@ def build_optimizer(
             if role is Role.MATRIX:
                 group["lr"] = lr * depth_ratio * width_ratio
     return GroupedOptimizer(groups, replicate_group=replicate_group, **common)
+
+
+def _warn_no_head(model: nn.Module, groups: list[dict[str, Any]], algorithm: str) -> None:
+    """No output head was found: every matrix is a hidden one. Say which matrix a plain MLP or
+    classifier would use as its output (the last one registered) and how to name the head."""
+    matrices = {name for g in groups if g["role"] == Role.MATRIX.value for name in g["param_names"]}
+    last = [(name, p) for name, p in model.named_parameters() if name in matrices]
+    if not last:
+        return
+    name, param = last[-1]
+    module = name.rsplit(".", 1)[0] if "." in name else name
+    shape = "x".join(str(size) for size in param.shape)
+    warnings.warn(
+        f"{type(model).__name__} has no output head (no get_output_embeddings(), no head=...): "
+        f"every matrix is trained as a hidden one with {algorithm}, the last, {name} ({shape}), "
+        f"included. If {name} produces the outputs, name it: build_optimizer(model, ..., "
+        f"head={module!r}) or roles={{{name!r}: 'head'}} (docs/method.md §2.1)",
+        UserWarning,
+        stacklevel=3,
+    )

@@ -1,4 +1,4 @@
-"""Newton-Schulz orthogonalization (METHOD.md section 2.2).
+"""Newton-Schulz orthogonalization (docs/method.md §2.2).
 
 Maps a matrix ``V = U S Vᵀ`` to approximately ``U Vᵀ`` with five quintic iterations
 ``X <- a X + (b A + c A A) X``, ``A = X Xᵀ``, run on the wide orientation. Leading dimensions are

@@ -1,4 +1,4 @@
-"""MuonH, AdamH, the Muon baseline and Adam(W), as one optimizer family (METHOD.md section 2).
+"""MuonH, AdamH, the Muon baseline and Adam(W), as one optimizer family (docs/method.md §2).
 
 All of them are :class:`GroupedOptimizer`: a ``torch.optim.Optimizer`` whose param groups each
 name an ``algorithm``. :class:`MuonH`, :class:`AdamH` and :class:`Muon` are the same class with a
@@ -9,14 +9,14 @@ vectors), so that one LR scheduler drives every group.
 Algorithms:
 
 - ``muonh``: Nesterov momentum, Newton-Schulz, a step of relative Frobenius size exactly ``lr``,
-  then retraction to the fixed radius (METHOD 2.3).
-- ``adamh``: Adam direction, the same relative step and retraction (METHOD 2.4).
+  then retraction to the fixed radius (docs/method.md §2.3).
+- ``adamh``: Adam direction, the same relative step and retraction (docs/method.md §2.4).
 - ``muon``: the paper's Muon baseline, ``W <- (1 - λ_t) W - lr · sqrt(fan_out/fan_in) · O`` with
-  "independent" decay ``λ_t = weight_decay · lr / peak_lr`` (METHOD 2.5), or torch.optim.Muon's
+  "independent" decay ``λ_t = weight_decay · lr / peak_lr`` (docs/method.md §2.5), or torch.optim.Muon's
   update (``scale="torch"``, ``decay="coupled"``, Keller Jordan coefficients in bf16).
 - ``adam``: Adam with decoupled weight decay (AdamW when ``weight_decay > 0``).
 
-Distributed (METHOD 4.1): state tensors are shaped like their parameters, so under FSDP2/HSDP they
+Distributed (docs/method.md §4.1): state tensors are shaped like their parameters, so under FSDP2/HSDP they
 are DTensors sharded like the parameters, and every elementwise update runs on the local shards.
 Newton-Schulz, which needs whole matrices, is split across ranks by :mod:`hyperp.optim.sharding`:
 each matrix has one owner that orthogonalizes it. Under DDP (plain replicated parameters) pass
@@ -156,7 +156,7 @@ class GroupedOptimizer(Optimizer):
 
     def _init_state(self, index: int, group: dict[str, Any]) -> None:
         """Create every state tensor now (see the module docstring) and fix the sphere radii the
-        first time the optimizer sees a parameter (METHOD 2.3)."""
+        first time the optimizer sees a parameter (docs/method.md §2.3)."""
         algorithm, params = group["algorithm"], group["params"]
         for param in params:
             state = self.state[param]
@@ -316,7 +316,7 @@ class GroupedOptimizer(Optimizer):
         )
 
     def _sphere_step(self, index, group, params, directions) -> None:
-        """``W' = (1 - lr·wd) W - lr · R/||D|| · D``, then ``W <- R · W'/||W'||`` (METHOD 2.3).
+        """``W' = (1 - lr·wd) W - lr · R/||D|| · D``, then ``W <- R · W'/||W'||`` (docs/method.md §2.3).
 
         On local shards in fp32; each norm is a sum of per-rank partial sums. The retraction
         removes any overall scale, so decay ``(1 - lr·wd)·W`` is applied as a step scaled by
@@ -344,7 +344,7 @@ class GroupedOptimizer(Optimizer):
                 target.copy_(w)
 
     def _muon_step(self, index, group, params, directions) -> None:
-        """The Muon baseline update (METHOD 2.5) on local shards; no sphere."""
+        """The Muon baseline update (docs/method.md §2.5) on local shards; no sphere."""
         layouts, _, _ = self._plan(index, group, params)
         lr, weight_decay = group["lr"], group["weight_decay"]
         if group["decay"] == "independent":
@@ -447,7 +447,7 @@ def _local_slices(values: torch.Tensor, layout: MatrixLayout, grid: Grid) -> tor
 
 
 class MuonH(GroupedOptimizer):
-    """Muon on the hypersphere (METHOD.md 2.3): every matrix keeps its initial Frobenius norm and
+    """Muon on the hypersphere (docs/method.md §2.3): every matrix keeps its initial Frobenius norm and
     moves by a relative step of exactly ``lr`` per iteration.
 
     >>> opt = MuonH(model.parameters(), lr=0.02)  # matrices only; see build_optimizer for a model
@@ -482,7 +482,7 @@ class MuonH(GroupedOptimizer):
 
 
 class AdamH(GroupedOptimizer):
-    """Adam on the hypersphere (METHOD.md 2.4), used for the output head."""
+    """Adam on the hypersphere (docs/method.md §2.4), used for the output head."""
 
     def __init__(
         self,
@@ -507,7 +507,7 @@ class AdamH(GroupedOptimizer):
 
 
 class Muon(GroupedOptimizer):
-    """The paper's Muon baseline (METHOD.md 2.5): ``W <- (1 - λ_t) W - lr·sqrt(fan_out/fan_in)·O``
+    """The paper's Muon baseline (docs/method.md §2.5): ``W <- (1 - λ_t) W - lr·sqrt(fan_out/fan_in)·O``
     with independent weight decay ``λ_t = weight_decay · lr_t / peak_lr``.
 
     :meth:`like_torch` builds the variant whose update matches ``torch.optim.Muon``.

@@ -1,4 +1,4 @@
-"""Structural assignment of parameters to optimizer roles (METHOD.md section 2.1).
+"""Structural assignment of parameters to optimizer roles (docs/method.md §2.1).
 
 Every parameter of a model gets exactly one role:
 
@@ -47,7 +47,7 @@ _TRANSPOSED_ATTRIBUTE = "_hyperp_transposed"
 
 
 class Role(enum.StrEnum):
-    """What an optimizer does with a parameter (METHOD.md 2.1)."""
+    """What an optimizer does with a parameter (docs/method.md §2.1)."""
 
     MATRIX = "matrix"
     HEAD = "head"

@@ -1,4 +1,4 @@
-"""Whole-matrix work of MuonH and Muon, split across data-parallel ranks (METHOD.md 4.1).
+"""Whole-matrix work of MuonH and Muon, split across data-parallel ranks (docs/method.md §4.1).
 
 Elementwise work (momentum, Adam moments, the sphere step's scaling) runs on each rank's own rows
 of every parameter. Newton-Schulz needs whole matrices, so every matrix -- a 2-D parameter, or one

@@ -1,4 +1,4 @@
-"""``hyperp reproduce``: the paper's claims (METHOD.md 1) tested at an affordable scale.
+"""``hyperp reproduce``: the paper's claims (docs/method.md §1) tested at an affordable scale.
 
 - :mod:`~hyperp.reproduce.catalogue`: what a study and a claim are, and the thresholds;
 - :mod:`~hyperp.reproduce.studies`: one module per study, holding its catalogue entry, its
@@ -144,7 +144,7 @@ class ReproduceOptions:
 
 
 def check_corpus(runner: Runner, names: list[str]) -> None:
-    """Refuse a corpus some run would go over more than once (METHOD.md: no repeated data)."""
+    """Refuse a corpus some run would go over more than once (docs/method.md: no repeated data)."""
     plans = runner.plan(names)
     largest = max((row["max_tokens"] for row in plans), default=0)
     if not largest:

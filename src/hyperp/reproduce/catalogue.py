@@ -1,4 +1,4 @@
-"""The vocabulary of the studies and the thresholds behind every verdict (METHOD.md 1).
+"""The vocabulary of the studies and the thresholds behind every verdict (docs/method.md §1).
 
 A study (:class:`Study`, its sweep files as :class:`Arm` s) and its claims (:class:`Claim`: the
 number each is judged by, the :class:`Region` it must lie in, whether it depends on the training
@@ -63,7 +63,7 @@ def threshold(name: str) -> float:
     return THRESHOLDS[name][0]
 
 
-# The paper's setting (METHOD.md 1, 4): d8..d24 models, ~50 tokens per parameter, batches of
+# The paper's setting (docs/method.md §1, §4): d8..d24 models, ~50 tokens per parameter, batches of
 # 2^21 tokens, so about 5,000 steps at the base.
 PAPER_REGIME: dict[str, Any] = {
     "params": "0.4-5B (d8-d24)",
@@ -113,7 +113,7 @@ class Claim:
     """One verdict: the paper's statement, the number that judges it, and where it must lie."""
 
     key: str
-    label: str  # the claim's number in METHOD.md 1 and what part of it
+    label: str  # the claim's number in docs/method.md §1 and what part of it
     statement: str
     quantity: str
     region: Region
@@ -163,7 +163,7 @@ class Arm:
     - ``muon_decay``: the Muon baseline's weight decay, tuned at the base scale (the weight
       decay study's best value), as the paper tunes its baseline;
     - ``muon_logit_multiplier``: the Muon baseline's output-logit multiplier ``d0/d``
-      (METHOD.md 2.5), set explicitly per depth.
+      (docs/method.md §2.5), set explicitly per depth.
 
     A compute arm has ``lr_source`` and trains at the base LRs ``optimum * sqrt(2)^step`` for
     each step in ``bracket`` (0 alone: the transferred LR only). Curves matching one of

@@ -134,7 +134,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# HyperP at small scale: `hyperp reproduce --{size}`",
         "",
-        "The paper's claims (METHOD.md 1), each tested by a study designed to isolate it, judged "
+        "The paper's claims (docs/method.md §1), each tested by a study designed to isolate it, judged "
         "by a 95% interval against a threshold stated before any run. Every number below is read "
         f"or fitted from {where} and stored in `{results['results_file']}`, from which this "
         "report is rendered.",

@@ -19,12 +19,16 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter
 
+from hyperp.reproduce.catalogue import threshold
+from hyperp.rules import lr_schedule
 from hyperp.serve.metrics import is_finite_number, read_metrics
 
 __all__ = ["INDICATORS", "RunCurves", "find_runs", "plot_runs"]
 
-# Stability indicators of METHOD.md 5 as logged in metrics.jsonl (model-level aggregates).
+# Stability indicators of docs/method.md §5 as logged in metrics.jsonl (model-level aggregates).
 INDICATORS = {
     "branch_rms": "branch output RMS",
     "outlier_pct": "activation outliers (%)",
@@ -32,6 +36,10 @@ INDICATORS = {
     "router_z": "router Z",
     "maxvio": "MaxVio",
 }
+# Reference lines on the stability panels: the bounds hyperp reproduce judges by
+# (docs/method.md §5). Growth indicators: "bounded" when the largest model's last value is
+# below this factor times the smallest's; outliers: an absolute share of elements.
+GROWTH_INDICATORS = ("attn_z", "branch_rms")
 _SECTIONS = ("model", "optim", "data", "train")
 
 
@@ -41,6 +49,7 @@ class RunCurves:
     records: list[dict[str, Any]]
     settings: dict[str, Any] = field(default_factory=dict)  # flat dotted config values
     label: str = ""
+    plan: dict[str, Any] = field(default_factory=dict)  # config.json's plan (steps, lr, ...)
 
     def series(self, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
         points = [
@@ -55,6 +64,33 @@ class RunCurves:
 
     def has(self, key: str) -> bool:
         return any(is_finite_number(r.get(key)) for r in self.records)
+
+    def planned_lr(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole planned LR schedule (steps 1..N) from the run's config, by the trainer's
+        own rule (hyperp.rules.lr_schedule), scaled to the logged LR where there is one."""
+        steps = self.plan.get("steps")
+        if not isinstance(steps, int) or steps < 1 or not is_finite_number(self.plan.get("lr")):
+            return np.empty(0), np.empty(0)
+        optim = {k.removeprefix("optim."): v for k, v in self.settings.items() if "optim." in k}
+        try:
+            shape = [
+                lr_schedule(
+                    step,
+                    steps,
+                    warmup_steps=optim.get("warmup_steps", 0),
+                    final_fraction=optim.get("final_lr_fraction", 0.1),
+                    shape=optim.get("schedule", "linear"),
+                    decay_fraction=optim.get("decay_fraction", 0.2),
+                )
+                for step in range(steps)
+            ]
+        except (ValueError, TypeError):
+            return np.empty(0), np.empty(0)
+        xs, ys = self.series("step", "lr")
+        scale = float(self.plan["lr"])
+        if xs.size and shape[int(xs[0]) - 1] > 0:  # the logged group's LR (AdamW scales some)
+            scale = float(ys[0]) / shape[int(xs[0]) - 1]
+        return np.arange(1, steps + 1, dtype=float), scale * np.asarray(shape)
 
 
 def find_runs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -103,7 +139,10 @@ def _settings(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         try:
             values = json.loads(config_path.read_text())
             config = _flatten({k: v for k, v in values.items() if k in _SECTIONS})
-        except json.JSONDecodeError:
+            plan = values.get("plan")
+            if isinstance(plan, dict):
+                config["plan"] = plan  # not a setting: kept out of the swept keys below
+        except (json.JSONDecodeError, AttributeError):
             config = {}
     return overrides, config
 
@@ -128,6 +167,8 @@ def load_curves(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[RunCurves
     runs = [RunCurves(path, read_metrics(path)) for path in find_runs(paths)]
     pairs = [_settings(run.path) for run in runs]
     overrides = [o for o, _ in pairs]
+    for run, (_, values) in zip(runs, pairs):
+        run.plan = values.pop("plan", {})
     configs = [c for _, c in pairs]
     swept = _swept_keys(overrides) if any(overrides) else []
     source = overrides
@@ -177,24 +218,19 @@ def plot_runs(
             xs, ys = run.series(x, "loss")
             axes.plot(xs, ys, color=color, linewidth=1.2, label=label)
             xs, ys = run.series(x, "val_loss")
-            if xs.size:
-                axes.plot(
-                    xs,
-                    ys,
-                    color=color,
-                    linestyle="--",
-                    marker="o",
-                    markersize=3,
-                    label=None if many else "validation",
-                )
-        xs, ys = run.series("step", "lr")
-        lr_axes.plot(xs, ys, color=color, linewidth=1.2)
+            if xs.size:  # circles, joined by a thin dashed line when there are several
+                axes.plot(xs, ys, color=color, linestyle="--", linewidth=0.8, marker="o",
+                          markersize=4, label=None if many else "validation")  # fmt: skip
+        _plot_lr(lr_axes, run, color)
         for axes, key in zip(grid[1] if indicators else [], indicators):
             xs, ys = run.series("step", key)
             axes.plot(xs, ys, color=color, marker=".", linewidth=1.0)
-    loss_step.set(xlabel="step", ylabel="loss", title="loss (dashed: validation)")
+    loss_step.set(xlabel="step", ylabel="loss", title="loss (line: train; circles: validation)")
     loss_tokens.set(xlabel="tokens", ylabel="loss", xscale="log", title="loss against tokens")
-    lr_axes.set(xlabel="step", ylabel="learning rate", title="LR schedule")
+    loss_tokens.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap the major
+    lr_axes.set(
+        xlabel="step", ylabel="learning rate", title="LR schedule (dotted: planned; dot: now)"
+    )
     for axes in grid[0]:
         axes.grid(True, alpha=0.3)
     if scale is None or not many:
@@ -204,13 +240,46 @@ def plot_runs(
         from matplotlib.cm import ScalarMappable
 
         figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(grid[0]), label=key)
+    if many and any(run.has("val_loss") for run in runs):  # one key for every run's circles
+        marker = Line2D([], [], color="0.4", linestyle="--", marker="o", markersize=4)
+        loss_tokens.legend([marker], ["validation"], fontsize=7)
     for axes in grid[0][3:]:
         axes.set_visible(False)
     for axes, key in zip(grid[1] if indicators else [], indicators):
         axes.set(xlabel="step", title=INDICATORS.get(key, key))
         axes.grid(True, alpha=0.3)
+        _reference_line(axes, key, runs)
     if indicators:
         for axes in grid[1][len(indicators) :]:
             axes.set_visible(False)
     figure.suptitle(title or (runs[0].path.name if not many else f"{len(runs)} runs"))
     return figure, runs
+
+
+def _plot_lr(axes, run: RunCurves, color) -> None:
+    """The planned schedule over the whole run (dotted), the logged LR (solid) and the
+    current step (a dot on the last logged LR)."""
+    xs, ys = run.planned_lr()
+    if xs.size:
+        axes.plot(xs, ys, color=color, linestyle=":", linewidth=1.0)
+    xs, ys = run.series("step", "lr")
+    if xs.size:
+        axes.plot(xs, ys, color=color, linewidth=1.4)
+        axes.plot(xs[-1:], ys[-1:], color=color, marker="o", markersize=5)
+
+
+def _reference_line(axes, key: str, runs: list[RunCurves]) -> None:
+    """The bound ``hyperp reproduce`` judges an indicator by, as a grey dashed line."""
+    if key == "outlier_pct":
+        level, text = threshold("outliers_pct"), f"bound {threshold('outliers_pct'):g}%"
+    elif key in GROWTH_INDICATORS:
+        last = [run.series("step", key)[1] for run in runs]
+        last = [float(ys[-1]) for ys in last if ys.size]
+        if not last:
+            return
+        factor = threshold("growth")
+        level, text = factor * min(last), f"{factor:g}x the lowest run's last value"
+    else:
+        return
+    axes.axhline(level, color="0.5", linestyle="--", linewidth=1.0, label=text)
+    axes.legend(fontsize=7, loc="best")

@@ -34,7 +34,7 @@ from hyperp.model import ModelConfig
 from hyperp.serve.run import LoadedRun, load_run
 from hyperp.train.checkpoint import keep_checkpoint
 
-__all__ = ["DTYPES", "ExportResult", "export_run", "stock_architecture"]
+__all__ = ["DTYPES", "ExportResult", "export_run", "stock_architecture", "stock_blockers"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _TEMPLATE = Path(__file__).resolve().parent / "hf_template"
@@ -48,11 +48,29 @@ class ExportResult:
     remote_code: bool  # True: load with trust_remote_code=True
     step: int
     files: tuple[str, ...]
+    blocked_by: tuple[str, ...] = ()  # with remote code: the settings that ruled out a stock one
+
+
+def stock_blockers(model: ModelConfig) -> tuple[str, ...]:
+    """The settings that keep ``model`` from a stock ``transformers`` architecture, each with
+    what a stock export needs instead."""
+    blockers = []
+    if model.gated_attention:
+        blockers.append(
+            "model.gated_attention = true (train with --model.gated_attention false for a stock "
+            "Qwen3/Llama export)"
+        )
+    if model.is_moe:
+        blockers.append(
+            f"model.moe_sparsity = {model.moe_sparsity} (no stock architecture has hyperp's MoE "
+            "layer; a dense model, moe_sparsity 0, exports as stock Qwen3/Llama)"
+        )
+    return tuple(blockers)
 
 
 def stock_architecture(model: ModelConfig) -> str | None:
     """The ``transformers`` architecture that computes exactly our function, or None."""
-    if model.is_moe or model.gated_attention:
+    if stock_blockers(model):
         return None
     return "Qwen3ForCausalLM" if model.qk_norm else "LlamaForCausalLM"
 
@@ -340,4 +358,4 @@ def export_run(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     keep_checkpoint(run.path, run.step, f"exported to {out}")
-    return ExportResult(out, architecture, remote, run.step, tuple(files))
+    return ExportResult(out, architecture, remote, run.step, tuple(files), stock_blockers(model))

@@ -3,7 +3,7 @@
 A sweep file (TOML)::
 
     base = "base.toml"            # the base training config (relative to this file) or a
-                                  # preset name from hyperp/configs (tiny, d8_dense, d8_moe)
+                                  # preset name from hyperp/configs (smoke, tiny, d8_dense, d8_moe)
     out = "runs/lr-width"         # sweep directory (default: runs/<file stem> beside this file)
     workers = 2                   # local launcher: runs in parallel (CLI --workers overrides)
     threads_per_worker = 1        # local launcher: OMP/MKL threads per run (default: CPUs / workers)

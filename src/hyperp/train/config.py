@@ -2,7 +2,7 @@
 value`` overrides map onto them, and unknown keys are errors.
 
 A run has four sections: ``[model]`` (:class:`hyperp.model.ModelConfig`), ``[optim]``,
-``[data]`` and ``[train]``. :meth:`RunConfig.plan` applies the HyperP rules (METHOD.md 4) to
+``[data]`` and ``[train]``. :meth:`RunConfig.plan` applies the HyperP rules (docs/method.md §4) to
 turn a base LR and base scale into this run's peak LR, token budget and step count, and says how.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperp.model.config import ModelConfig
-from hyperp.rules import ModelScale, TransferRule, parse_number
+from hyperp.rules import SCHEDULES, ModelScale, TransferRule, describe_schedule, parse_number
 
 __all__ = [
     "CONFIG_DIR",
@@ -64,7 +64,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # presets ship in 
 
 @dataclass
 class OptimConfig:
-    """How the optimizer and its LR are set (METHOD.md 2, 4).
+    """How the optimizer and its LR are set (docs/method.md §2, §4).
 
     The peak LR is ``lr`` when given; otherwise ``base_lr`` transferred by the HyperP rule from
     the base scale (``base_depth``, ``base_width``, ``base_tokens``, ``base_batch``), each of
@@ -85,6 +85,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     final_lr_fraction: float = 0.1
+    schedule: str = "linear"  # linear (the paper's), cosine or wsd (docs/method.md §4.2)
+    decay_fraction: float = 0.2  # wsd: the share of the steps after warmup spent decaying
     grad_clip: float = 1.0
     momentum: float = 0.95
     beta1: float = 0.9
@@ -97,6 +99,8 @@ class OptimConfig:
         _choice("optim.method", self.method, ("hyperp", "muon", "adamw"))
         _choice("optim.sphere", self.sphere, ("matrix", "tensor"))
         _choice("optim.ns_dtype", self.ns_dtype, ("auto", "fp32", "bf16"))
+        _choice("optim.schedule", self.schedule, SCHEDULES)
+        _require(0 < self.decay_fraction <= 1, "optim.decay_fraction must be in (0, 1]")
         _require(self.lr is None or self.lr > 0, f"optim.lr must be positive, got {self.lr}")
         _require(
             self.head_lr is None or self.head_lr > 0,
@@ -127,7 +131,7 @@ class DataConfig:
 class TrainConfig:
     """The loop: budget, batch, precision, logging, evaluation and checkpoints.
 
-    The budget is ``tokens`` (0: Chinchilla-style from ``optim.base_tokens``, METHOD.md 4) or
+    The budget is ``tokens`` (0: Chinchilla-style from ``optim.base_tokens``, docs/method.md §4) or
     ``steps`` (which wins when both are set). ``batch_size`` is the global number of sequences
     per optimizer step, split over data-parallel ranks and then ``grad_accum`` micro-batches.
     ``distributed``: ``ddp``, ``fsdp`` or ``hsdp`` (shard within groups of ``shard_size``
@@ -204,7 +208,9 @@ class RunPlan:
     flops: float
     depth_ratio: float
     explanation: tuple[str, ...]
-    width_ratio: float = 1.0  # n0/n: the AdamW baseline's muP matrix-LR factor (METHOD 2.5)
+    width_ratio: float = (
+        1.0  # n0/n: the AdamW baseline's muP matrix-LR factor (docs/method.md §2.5)
+    )
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -225,7 +231,7 @@ class RunConfig:
         - ``model.vocab_size``: the data's vocabulary, unless set explicitly, and then at least
           the data's (a larger table is allowed, e.g. padded for speed);
         - ``model.logit_multiplier``: the method's own unless set: ``d0/d`` for the Muon
-          baseline (METHOD.md 2.5), 1 otherwise.
+          baseline (docs/method.md §2.5), 1 otherwise.
         """
         model = self.model
         vocab = model.vocab_size or data_vocab_size
@@ -274,7 +280,7 @@ class RunConfig:
         return cls(**built)
 
     def plan(self) -> RunPlan:
-        """Peak LR, token budget and steps of this run from the HyperP rules (METHOD.md 4).
+        """Peak LR, token budget and steps of this run from the HyperP rules (docs/method.md §4).
 
         Needs a resolved config (:meth:`resolve`): the vocabulary enters the parameter count."""
         if not self.resolved:
@@ -330,12 +336,16 @@ class RunConfig:
             )
         explanation = (
             f"model: depth {model.depth}, width {model.width}, vocabulary {model.vocab_size}, "
-            f"{scale.params / 1e6:.2f}M dense-equivalent parameters (N of METHOD 4)",
+            f"{scale.params / 1e6:.2f}M dense-equivalent parameters (N of docs/method.md §4)",
             f"budget: {tokens:,} tokens = {steps} steps x {batch_tokens:,} tokens "
             f"({tokens / scale.params:.3g} tokens/parameter)",
             how,
-            f"schedule: {'warmup ' + str(optim.warmup_steps) + ' steps, ' if optim.warmup_steps else ''}"
-            f"linear decay to {optim.final_lr_fraction:g} x peak",
+            describe_schedule(
+                optim.schedule,
+                warmup_steps=optim.warmup_steps,
+                final_fraction=optim.final_lr_fraction,
+                decay_fraction=optim.decay_fraction,
+            ),
         )
         return RunPlan(
             lr=lr,

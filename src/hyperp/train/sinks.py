@@ -130,6 +130,17 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def _bar_fits(stream) -> bool:
+    """Whether a progress bar can be drawn on ``stream``: a terminal that reports fewer than 20
+    columns (0 on some consoles and containers) gets plain step lines instead of an empty bar."""
+    import os
+
+    try:
+        return os.get_terminal_size(stream.fileno()).columns >= 20
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _same_file(a, b) -> bool:
     import os
 
@@ -143,8 +154,8 @@ class RunLog:
     """What a person reads: messages and a plain line every ``log_every`` steps.
 
     Everything goes to ``RUN/train.log``. On stdout: the messages, and the step lines too when
-    stdout is not a terminal (nohup, SLURM, a pipe); on a terminal a progress bar (stderr) shows
-    the same numbers instead. Only the main rank writes.
+    stdout is not a terminal (nohup, SLURM, a pipe) or is one too narrow for a bar; on a
+    terminal a progress bar (stderr) shows the same numbers instead. Only the main rank writes.
     """
 
     def __init__(
@@ -158,7 +169,7 @@ class RunLog:
         # A launcher that sends stdout into train.log itself gets each line once.
         self.echo = self.file is None or not _same_file(sys.stdout, self.file)
         self.bar = None
-        if path is not None and progress and self.on_terminal:
+        if path is not None and progress and self.on_terminal and _bar_fits(sys.stderr):
             from tqdm import tqdm
 
             self.bar = tqdm(
@@ -168,7 +179,13 @@ class RunLog:
                 dynamic_ncols=True,
                 file=sys.stderr,
             )
-        self.started = None
+        self.started: tuple[float, int] | None = None
+        self.val_shown = ""
+
+    def begin(self, step: int) -> None:
+        """The loop starts after ``step`` (0, or the step a resume continues from): the eta's
+        clock starts now, so the first step line already has one."""
+        self.started = (time.perf_counter(), step)
 
     def info(self, message: str) -> None:
         if self.file is None:
@@ -180,21 +197,21 @@ class RunLog:
         self.file.write(message + "\n")
         self.file.flush()
 
-    def step(
-        self, step: int, record: dict[str, Any] | None, loss: float, val: float | None
-    ) -> None:
-        """Advance the bar; with a logged ``record``, write the step line."""
+    def step(self, step: int, record: dict[str, Any] | None, loss: float) -> None:
+        """Advance the bar; with a logged ``record``, write the step line. A validation loss
+        appears on the line of the step that measured it (``record["val_loss"]``), and the bar
+        keeps showing it marked with that step."""
         if self.file is None:
             return
         now = time.perf_counter()
-        if self.started is None:
-            self.started = (now, step - 1)
+        if self.started is None:  # begin() was not called: the clock starts at this step
+            self.started = (now, step)
         if self.bar is not None:
             self.bar.update(1)
         if record is None:
             return
         done = step - self.started[1]
-        eta = (now - self.started[0]) / done * (self.total_steps - step) if done else 0.0
+        val = record.get("val_loss")
         parts = [f"step {step}/{self.total_steps}", f"loss {loss:.4f}"]
         if val is not None:
             parts.append(f"val {val:.4f}")
@@ -202,14 +219,18 @@ class RunLog:
             parts.append(f"lr {record['lr']:.3g}")
         if "tokens_per_s" in record:
             parts.append(f"{record['tokens_per_s']:,.0f} tok/s")
-        parts.append(f"eta {_duration(eta)}")
+        if done > 0:
+            eta = (now - self.started[0]) / done * (self.total_steps - step)
+            parts.append(f"eta {_duration(eta)}")
         line = " | ".join(parts)
         self.file.write(line + "\n")
         self.file.flush()
         if self.bar is not None:
-            shown = {"loss": f"{loss:.3f}"}
             if val is not None:
-                shown["val"] = f"{val:.3f}"
+                self.val_shown = f"{val:.3f} (step {step})"
+            shown = {"loss": f"{loss:.3f}"}
+            if self.val_shown:
+                shown["val"] = self.val_shown
             if "tokens_per_s" in record:
                 shown["tok/s"] = f"{record['tokens_per_s']:.3g}"
             self.bar.set_postfix(shown, refresh=False)

@@ -284,9 +284,10 @@ class Trainer:
     def _ns_dtype(self, config: RunConfig) -> tuple[str, str]:
         """Newton-Schulz precision and why; rank 0 decides so that every rank agrees."""
         if config.optim.ns_dtype != "auto":
-            return config.optim.ns_dtype, "optim.ns_dtype"
+            dtype = config.optim.ns_dtype
+            return dtype, f"Newton-Schulz runs in {dtype} (optim.ns_dtype)"
         if self.dist.device.type != "cpu":
-            return "bf16", "the default on CUDA"
+            return "bf16", "Newton-Schulz runs in bf16 (the default on CUDA)"
         from hyperp.optim.precision import cpu_ns_choice
 
         dtype, why = cpu_ns_choice() if self.dist.is_main else (None, "")
@@ -346,7 +347,7 @@ class Trainer:
             config, plan, self._corpus, model, module, optimizer, scheduler, loader, counters,
             checkpointer, log, None, autocast, _peak_flops(config, dist.device),
         )  # fmt: skip
-        self._write_run_files(run, f"{ns_reason}: Newton-Schulz in {ns_dtype}")
+        self._write_run_files(run, ns_reason)
         return run
 
     def _write_run_files(self, run: _Run, precision_note: str) -> None:
@@ -399,6 +400,7 @@ class Trainer:
     def _loop(self, run: _Run, step: int, stop: _StopFlag) -> RunResult:
         train, plan = run.config.train, run.plan
         clock = _Clock(run.counters.wall_time_s)
+        run.log.begin(step)
         while step < plan.steps:
             step += 1
             result = self._train_step(run, step, stop)
@@ -499,8 +501,8 @@ class Trainer:
     def _write(self, run: _Run, step: int, record: dict | None, result: _Step) -> None:
         if record is not None and run.sinks is not None:
             run.sinks.write(record)
-        line = record if self._log_step(run, step) else None
-        run.log.step(step, line, result.lm_loss, run.counters.val_loss)
+        shown = self._log_step(run, step) or (record is not None and "val_loss" in record)
+        run.log.step(step, record if shown else None, result.lm_loss)
 
     def _evaluate(self, run: _Run, step: int, record: dict | None) -> dict | None:
         """Mean validation loss per token; identical for any number of processes."""
@@ -585,11 +587,12 @@ class Trainer:
         summary = self._summary(run)
         if self.dist.is_main:
             atomic_write_json(self.out_dir / "summary.json", summary)
-            val = summary["val_loss"]
+            val, averaged = summary["val_loss"], len(run.counters.losses)
+            val = "-" if val is None else f"{val:.4f} (step {run.plan.steps})"
             run.log.info(
-                f"finished: train loss {summary['train_loss']:.4f}, val loss "
-                f"{'-' if val is None else format(val, '.4f')}, "
-                f"{summary['tokens_per_s']:.0f} tokens/s; {self.out_dir / 'summary.json'}"
+                f"finished: train loss {summary['train_loss']:.4f} (mean of the last {averaged} "
+                f"steps), val loss {val}, {summary['tokens_per_s']:.0f} tokens/s over the run; "
+                f"{self.out_dir / 'summary.json'}"
             )
         return RunResult("finished", self.out_dir, summary, 0)
 
@@ -624,7 +627,7 @@ class Trainer:
 
 
 def _optimizer(config: RunConfig, plan: RunPlan, model, roles, parallel, ns_dtype: str):
-    """The method's optimizer (METHOD.md 2) and its LR schedule (METHOD.md 4)."""
+    """The method's optimizer (docs/method.md §2) and its LR schedule (docs/method.md §4)."""
     optim = config.optim
     optimizer = build_optimizer(
         model,
@@ -649,6 +652,8 @@ def _optimizer(config: RunConfig, plan: RunPlan, model, roles, parallel, ns_dtyp
             plan.steps,
             warmup_steps=optim.warmup_steps,
             final_fraction=optim.final_lr_fraction,
+            shape=optim.schedule,
+            decay_fraction=optim.decay_fraction,
         )
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -25,7 +25,7 @@ from hyperp.reproduce.studies.common import (
 STUDY = Study(
     name="batch",
     title="Batch size",
-    question="Does the optimal LR follow the batch rule (B/B0)^0.5 (METHOD.md 4)?",
+    question="Does the optimal LR follow the batch rule (B/B0)^0.5 (docs/method.md §4)?",
     design=(
         "LR curves (absolute LR) at three batch sizes with the same token budget, so the "
         "steps fall as the batch grows. The rule predicts an exponent of 0.5."

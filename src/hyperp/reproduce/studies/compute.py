@@ -48,7 +48,7 @@ STUDY = Study(
     title="Compute leverage",
     question=(
         "Does HyperP reach Muon's loss with less compute, each method at its own "
-        "transferred LR (METHOD.md 1.5)?"
+        "transferred LR (docs/method.md §1.5)?"
     ),
     design=(
         "Three Chinchilla-style scales (width and tokens grow with depth), several seeds "

@@ -30,7 +30,7 @@ STUDY = Study(
     title="Depth transfer",
     question=(
         "Is Depth-muP (branch multiplier 1/sqrt(2L) and LR factor sqrt(d0/d)) what makes the "
-        "LR transfer across depth (METHOD.md 1.3)?"
+        "LR transfer across depth (docs/method.md §1.3)?"
     ),
     design=(
         "LR curves in absolute LR (no LR factor applied) at three depths of fixed width, "

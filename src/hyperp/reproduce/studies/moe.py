@@ -48,7 +48,7 @@ STUDY = Study(
     title="Mixture of experts",
     question=(
         "Does the optimum transfer across the number of active experts k with SqrtGate, and "
-        "does SqrtGate keep the MoE output RMS independent of k (METHOD.md 1.1, 1.7)? Is a "
+        "does SqrtGate keep the MoE output RMS independent of k (docs/method.md §1.1, §1.7)? Is a "
         "load-balancing weight of 0.1 tolerated?"
     ),
     design=(

@@ -31,7 +31,7 @@ from hyperp.reproduce.studies.compute import compute_cells, method_curve
 STUDY = Study(
     name="stability",
     title="Stability",
-    question="Do the stability indicators stay bounded as the model grows (METHOD.md 1.6)?",
+    question="Do the stability indicators stay bounded as the model grows (docs/method.md §1.6)?",
     design=(
         "The indicators the compute runs logged (attention Z-value, branch output RMS, "
         "activation outliers), at the transferred LR, seeds pooled: each one's growth from "

@@ -27,7 +27,7 @@ from hyperp.reproduce.studies.common import (
 STUDY = Study(
     name="tokens",
     title="Token budget",
-    question="Does the optimal LR fall with the token budget as T^-0.32 (METHOD.md 1.4)?",
+    question="Does the optimal LR fall with the token budget as T^-0.32 (docs/method.md §1.4)?",
     design=(
         "LR curves (absolute LR, no token rule) at four budgets of one model, the largest "
         "at least 5 tokens per parameter, each run within one pass over the training "

@@ -37,7 +37,7 @@ from hyperp.reproduce.studies.common import (
 STUDY = Study(
     name="weight_decay",
     title="Weight decay",
-    question="Does weight decay change MuonH's result (METHOD.md 1.2), and Muon's?",
+    question="Does weight decay change MuonH's result (docs/method.md §1.2), and Muon's?",
     design=(
         "On the fixed-radius sphere, decay followed by the retraction is the same step "
         "scaled by 1/(1 - lr*decay): a no-op by construction, not by experiment. The MuonH "

@@ -23,7 +23,7 @@ from hyperp.reproduce.studies.common import (
 STUDY = Study(
     name="width",
     title="Width transfer",
-    question="Does one base LR serve every width (METHOD.md 1.1), for each head rule?",
+    question="Does one base LR serve every width (docs/method.md §1.1), for each head rule?",
     design=(
         "LR curves at three widths (fixed depth, tokens and batch). HyperP with the three "
         "head rules: the paper's fixed head (0.02 at every width), the inverse-width head "
