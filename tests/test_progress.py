@@ -53,7 +53,7 @@ CHILD = """
 import sys, pathlib
 from hyperp.train.sinks import RunLog
 log = RunLog(pathlib.Path(sys.argv[1]), total_steps=5, start_step=0, progress=True)
-getattr(log, 'begin', lambda step: None)(0)
+log.begin(0)
 for step in range(1, 6):
     log.step(step, {"lr": 0.01, "tokens_per_s": 100.0}, 5.0)
 log.info("done")
