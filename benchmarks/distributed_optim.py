@@ -42,9 +42,9 @@ def worker(args: argparse.Namespace) -> None:
     from hyperp.train.distributed import parallelize, setup_distributed
 
     torch.set_num_threads(1)
-    env = setup_distributed("cpu")
+    env = setup_distributed(args.device)
     torch.manual_seed(0)
-    model = Transformer(model_config(args.depth, args.width))
+    model = Transformer(model_config(args.depth, args.width)).to(env.device)
     roles = {info.name: info.role for info in assign_roles(model)}
     strategy = args.strategy if env.world_size > 1 else "single"
     parallel = parallelize(model, env, strategy, shard_size=2)
@@ -52,12 +52,15 @@ def worker(args: argparse.Namespace) -> None:
         model, "hyperp", lr=0.01, roles=roles, replicate_group=parallel.replicate_group
     )
     tokens = torch.randint(0, 8192, (2, 65), generator=torch.Generator().manual_seed(env.rank))
+    tokens = tokens.to(env.device)
     parallel.module(tokens[:, :-1], tokens[:, 1:]).loss.backward()
     times = []
     for repeat in range(args.warmup + args.repeats):
         env.barrier()
         start = time.perf_counter()
         optimizer.step()
+        if env.device.type == "cuda":
+            torch.cuda.synchronize()
         env.barrier()
         if repeat >= args.warmup:
             times.append(time.perf_counter() - start)
@@ -82,6 +85,7 @@ def launch(world: int, args: argparse.Namespace) -> list[dict]:
         script = [__file__, "--worker", "--out", out, "--depth", str(args.depth)]
         script += ["--width", str(args.width), "--strategy", args.strategy]
         script += ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+        script += ["--device", args.device]
         if world == 1:
             command = [sys.executable, *script]
         else:
@@ -194,6 +198,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (one GPU per rank)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--analytic-only", action="store_true")
