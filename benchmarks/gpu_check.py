@@ -21,7 +21,6 @@ error and the check goes on; one that would not fit in what is left is skipped a
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import statistics
@@ -71,57 +70,13 @@ def _spread(values: list[float]) -> dict:
 
 
 def newton_schulz_options(device: torch.device, smoke: bool, budget: Budget) -> dict:
-    """Orthogonality error (max |sigma - 1| and RMS of ``X Xᵀ - I``, in fp64 from the bf16
-    result) and median time per call of each option, interleaved over rounds."""
-    import importlib
+    """benchmarks/newton_schulz.py at d8's MLP shape (16 x 1024 x 4096) in bf16."""
+    from newton_schulz import compare
 
-    ns_module = importlib.import_module("hyperp.optim.newton_schulz")
-    newton_schulz = ns_module.newton_schulz
-    count, rows, cols = (4, 32, 128) if smoke else (16, 1024, 4096)
-    generator = torch.Generator().manual_seed(0)
-    # A gradient-like spectrum: singular values spread over three decades.
-    u = torch.linalg.qr(torch.randn(count, rows, rows, generator=generator))[0]
-    v = torch.linalg.qr(torch.randn(count, cols, rows, generator=generator))[0]
-    sigma = torch.logspace(0, -3, rows)
-    matrix = (u * sigma) @ v.mT
-    matrix = matrix.to(device)
-    options: dict[str, dict] = {"paper (hyperp)": {"coefficients": "hyperp"}}
-    try:
-        ns_module.resolve_coefficients("polar_express", 5)
-        options["polar express"] = {"coefficients": "polar_express"}
-    except ValueError as error:
-        print(f"  Polar Express coefficients not available: {error}")
-    if "symmetric" in inspect.signature(newton_schulz).parameters:
-        options["paper, symmetric X Xᵀ"] = {"coefficients": "hyperp", "symmetric": True}
+    shape = (4, 32, 128) if smoke else (16, 1024, 4096)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    report: dict = {"matrices": [count, rows, cols], "dtype": str(dtype), "options": {}}
-    for name, kw in options.items():
-        out = newton_schulz(matrix, dtype=dtype, **kw).double()
-        singular = torch.linalg.svdvals(out)
-        gram = out @ out.mT - torch.eye(rows, dtype=torch.float64, device=device)
-        report["options"][name] = {
-            "max_abs_sigma_minus_1": float((singular - 1).abs().max()),
-            "min_sigma": float(singular.min()),
-            "rms_gram_error": float(gram.square().mean().sqrt()),
-        }
-    times: dict[str, list[float]] = {name: [] for name in options}
-    rounds = 3 if smoke else 15
-    for round_index in range(rounds + 2):
-        for name, kw in options.items():
-            _sync(device)
-            start = time.perf_counter()
-            newton_schulz(matrix, dtype=dtype, **kw)
-            _sync(device)
-            if round_index >= 2:
-                times[name].append(time.perf_counter() - start)
-        if budget.left() < 30:
-            break
-    base = statistics.median(times["paper (hyperp)"])
-    for name, values in times.items():
-        entry = report["options"][name]
-        entry["ms"] = _spread([1e3 * t for t in values])
-        entry["time_vs_paper"] = statistics.median(values) / base
-    return report
+    return {"shape": shape, "dtype": str(dtype),
+            "options": compare(device, shape, dtype, 3 if smoke else 15)}  # fmt: skip
 
 
 # -- 2. training ------------------------------------------------------------------------------
@@ -364,12 +319,12 @@ def _summary(report: dict) -> list[str]:
     sections = report["sections"]
     ns = sections.get("newton_schulz", {})
     for name, entry in ns.get("options", {}).items():
-        if "ms" in entry:
-            lines.append(
-                f"NS {name:22s} max|s-1| {entry['max_abs_sigma_minus_1']:.3f}  rms(XXᵀ-I) "
-                f"{entry['rms_gram_error']:.4f}  {entry['ms']['median']:.2f} ms "
-                f"({entry['time_vs_paper']:.2f}x paper)"
-            )
+        ratio = entry["vs_paper"]
+        lines.append(
+            f"NS {name:17s} max|s-1| {entry['max_abs_sigma_minus_1']:.3f}  rms(XXt-I) "
+            f"{entry['rms_gram_error']:.4f}  {entry['ms'][0]:.2f} ms  {ratio[0]:.2f}x paper "
+            f"({ratio[1]:.2f}-{ratio[2]:.2f})"
+        )
     train = sections.get("training", {})
     for name, entry in train.get("variants", {}).items():
         if "tokens_per_s" in entry:
