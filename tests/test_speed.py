@@ -3,6 +3,7 @@ autocast precision chosen by measurement."""
 
 import pytest
 import torch
+import torch._inductor.config
 
 from hyperp.model import ModelConfig, Transformer
 from hyperp.model.transformer import checkpoint_blocks
@@ -48,8 +49,29 @@ def test_activation_checkpointing_gives_equal_losses(corpus, tmp_path):
     assert logged(tmp_path / "plain") == logged(tmp_path / "checkpointed")
 
 
-def test_compiled_training_tracks_eager(corpus, tmp_path):
+def test_model_compiles_as_one_graph_with_eager_results():
+    # What train.compile needs from the model: one graph (no breaks) forward and backward, and
+    # the same loss and gradients. aot_eager traces like inductor without generating C++ code,
+    # which takes minutes on a busy 2-core machine (the slow test below runs inductor itself).
+    config_ = ModelConfig(depth=2, width=32, head_dim=16, n_kv_heads=2, vocab_size=96, context=16)
+    tokens = torch.randint(0, 96, (4, 17), generator=torch.Generator().manual_seed(0))
+    model = Transformer(config_)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    eager_loss = model(tokens[:, :-1], tokens[:, 1:]).loss
+    eager_loss.backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    loss = compiled(tokens[:, :-1], tokens[:, 1:]).loss
+    loss.backward()
+    torch.testing.assert_close(loss, eager_loss)
+    for grad, p in zip(eager_grads, model.parameters()):
+        torch.testing.assert_close(p.grad, grad)
+
+
+@pytest.mark.slow
+def test_compiled_training_tracks_eager(corpus, tmp_path, monkeypatch):
     # torch.compile (inductor, C++ on a CPU) fuses elementwise work, which rounds differently.
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
     train(config(corpus, **QUICK), tmp_path / "eager")
     train(config(corpus, **QUICK, **{"train.compile": True}), tmp_path / "compiled")
     eager, compiled = logged(tmp_path / "eager"), logged(tmp_path / "compiled")
