@@ -103,7 +103,9 @@ def _model_config(smoke: bool):
 class _Variant:
     """One model + optimizer trained in rounds: eager, compiled or activation-checkpointed."""
 
-    def __init__(self, config, device, method: str, compile_model: bool, checkpoint: bool) -> None:
+    def __init__(
+        self, config, device, method: str, compile_model: bool, checkpoint: bool, autocast: bool
+    ) -> None:
         from hyperp.model import Transformer
         from hyperp.optim import build_optimizer
         from hyperp.optim.roles import assign_roles
@@ -117,7 +119,7 @@ class _Variant:
         roles = {info.name: info.role for info in assign_roles(self.model)}
         self.optimizer = build_optimizer(self.model, method, lr=0.004, roles=roles)
         self.module = torch.compile(self.model) if compile_model else self.model
-        self.device = device
+        self.device, self.autocast = device, autocast
         self.step_times: list[float] = []
         self.optimizer_times: list[float] = []
         self.peak_bytes = 0
@@ -131,7 +133,7 @@ class _Variant:
         start = time.perf_counter()
         for _ in range(steps):
             begin = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 loss = self.module(tokens[:, :-1], tokens[:, 1:]).loss
             loss.backward()
             _sync(device)
@@ -148,17 +150,20 @@ class _Variant:
         return elapsed
 
 
-def training(device: torch.device, smoke: bool, budget: Budget, variants: list[str]) -> dict:
+def training(
+    device: torch.device, smoke: bool, budget: Budget, variants: list[str], shape=None
+) -> dict:
     """Interleaved rounds of each variant; tokens/s ratios against eager per round."""
     config = _model_config(smoke)
-    batch, length = (2, 64) if smoke else (16, 4096)
+    batch, length = shape or ((2, 64) if smoke else (16, 4096))
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, config.vocab, (batch, length + 1), generator=generator).to(device)
-    specs = {
-        "eager": ("hyperp", False, False),
-        "compiled": ("hyperp", True, False),
-        "checkpointed": ("hyperp", False, True),
-        "muon eager": ("muon", False, False),
+    specs = {  # method, compile, checkpoint, bf16 autocast
+        "eager": ("hyperp", False, False, True),
+        "compiled": ("hyperp", True, False, True),
+        "checkpointed": ("hyperp", False, True, True),
+        "muon eager": ("muon", False, False, True),
+        "fp32 eager": ("hyperp", False, False, False),
     }
     runs: dict[str, _Variant] = {}
     report: dict = {"batch": [batch, length], "params": config.num_params(), "variants": {}}
@@ -172,7 +177,7 @@ def training(device: torch.device, smoke: bool, budget: Budget, variants: list[s
             report["variants"][name] = {"error": f"{type(error).__name__}: {error}"}
             traceback.print_exc()
             runs.pop(name, None)
-    steps, rounds = (2, 3) if smoke else (5, 7)
+    steps, rounds = (2, 3) if smoke else (5 if device.type == "cuda" else 1, 7)
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         if budget.left() < 20:
@@ -367,6 +372,9 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=420.0, help="whole-check time budget")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few steps (any device)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    parser.add_argument("--sections", nargs="+", help="run only these sections")
+    parser.add_argument("--variants", nargs="+", help="training variants besides eager")
+    parser.add_argument("--train-shape", type=int, nargs=2, help="batch and sequence length")
     parser.add_argument("--out", default=os.environ.get("OUT") or "gpu_check")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -382,11 +390,13 @@ def main() -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    variants = ["muon eager", "checkpointed"] + ([] if args.no_compile else ["compiled"])
+    variants = args.variants or (
+        ["muon eager", "fp32 eager", "checkpointed"] + ([] if args.no_compile else ["compiled"])
+    )
     # (name, seconds it needs at least, function); cheapest and most wanted first.
     sections: list[tuple[str, float, Callable[[], dict]]] = [
         ("newton_schulz", 20, lambda: newton_schulz_options(device, args.smoke, budget)),
-        ("training", 90, lambda: training(device, args.smoke, budget, variants)),
+        ("training", 90, lambda: training(device, args.smoke, budget, variants, args.train_shape)),
         ("optimizer_step", 20, lambda: optimizer_step(device, args.smoke, budget)),
         ("moe_experts", 20, lambda: moe_experts(device, args.smoke, budget)),
         ("sharded_step", 60, lambda: sharded_step(device, args.smoke, budget)),
@@ -394,6 +404,8 @@ def main() -> None:
     ]
     started = time.perf_counter()
     for name, needs, run in sections:
+        if args.sections and name not in args.sections:
+            continue
         if budget.left() < needs:
             report["sections"][name] = {"skipped": f"{budget.left():.0f} s left, needs {needs}"}
             print(f"[{name}] skipped: time budget", flush=True)
