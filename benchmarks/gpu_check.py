@@ -89,9 +89,11 @@ def _peak(device: torch.device) -> float:
     return next((value for key, value in PEAK_BF16.items() if key in name), 0.0)
 
 
-def _model_config(smoke: bool):
+def _model_config(smoke: bool, size=None):
     from hyperp.model import ModelConfig
 
+    if size:  # depth, width: a scaled-down d8 for a CPU
+        return ModelConfig(depth=size[0], width=size[1], head_dim=64, vocab_size=8192, context=512)
     if smoke:
         return ModelConfig(depth=2, width=64, head_dim=32, n_kv_heads=1, context=64, vocab_size=512)
     return ModelConfig(
@@ -151,10 +153,10 @@ class _Variant:
 
 
 def training(
-    device: torch.device, smoke: bool, budget: Budget, variants: list[str], shape=None
+    device: torch.device, smoke: bool, budget: Budget, variants: list[str], shape=None, size=None
 ) -> dict:
     """Interleaved rounds of each variant; tokens/s ratios against eager per round."""
-    config = _model_config(smoke)
+    config = _model_config(smoke, size)
     batch, length = shape or ((2, 64) if smoke else (16, 4096))
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, config.vocab, (batch, length + 1), generator=generator).to(device)
@@ -271,11 +273,13 @@ def moe_experts(device: torch.device, smoke: bool, budget: Budget) -> dict:
 # -- 5. sharded step, exchange bytes ---------------------------------------------------------------
 
 
-def _distributed_optim(world: int, device: str, budget: Budget, smoke: bool) -> list[dict]:
+def _distributed_optim(
+    world: int, device: str, budget: Budget, smoke: bool, ns_dtype: str = "bf16"
+) -> list[dict]:
     """One run of benchmarks/distributed_optim.py's worker on ``world`` processes."""
     script = Path(__file__).resolve().parent / "distributed_optim.py"
     with tempfile.TemporaryDirectory() as out:
-        args = [str(script), "--worker", "--out", out, "--device", device]
+        args = [str(script), "--worker", "--out", out, "--device", device, "--ns-dtype", ns_dtype]
         args += ["--depth", "2" if smoke else "4", "--width", "128" if smoke else "512"]
         args += ["--repeats", "3", "--warmup", "1"]
         if world == 1:
@@ -306,13 +310,16 @@ def sharded_step(device: torch.device, smoke: bool, budget: Budget) -> dict:
 
 
 def exchange_bytes(device: torch.device, smoke: bool, budget: Budget) -> dict:
-    """Bytes the sharded exchange sends per rank and step on 2 gloo CPU processes (FSDP2)."""
-    ranks = _distributed_optim(2, "cpu", budget, smoke)
-    return {
-        "world": 2,
-        "sent_bytes_per_rank": [r["sent_bytes"] for r in ranks],
-        "received_bytes_per_rank": [r["received_bytes"] for r in ranks],
-    }
+    """Bytes the sharded exchange sends per rank and step on 2 gloo CPU processes (FSDP2), with
+    Newton-Schulz in bf16 and in fp32 (the fp32 exchange is what every step sent before the
+    exchange travelled in Newton-Schulz's precision)."""
+    report: dict = {"world": 2}
+    for ns_dtype in ("bf16", "fp32"):
+        ranks = _distributed_optim(2, "cpu", budget, smoke, ns_dtype)
+        report[f"sent_bytes_per_rank_{ns_dtype}"] = [r["sent_bytes"] for r in ranks]
+    bf16, fp32 = report["sent_bytes_per_rank_bf16"], report["sent_bytes_per_rank_fp32"]
+    report["bf16_over_fp32"] = max(bf16) / max(fp32)
+    return report
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -375,6 +382,7 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", help="run only these sections")
     parser.add_argument("--variants", nargs="+", help="training variants besides eager")
     parser.add_argument("--train-shape", type=int, nargs=2, help="batch and sequence length")
+    parser.add_argument("--model-size", type=int, nargs=2, help="depth and width instead of d8")
     parser.add_argument("--out", default=os.environ.get("OUT") or "gpu_check")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -396,7 +404,13 @@ def main() -> None:
     # (name, seconds it needs at least, function); cheapest and most wanted first.
     sections: list[tuple[str, float, Callable[[], dict]]] = [
         ("newton_schulz", 20, lambda: newton_schulz_options(device, args.smoke, budget)),
-        ("training", 90, lambda: training(device, args.smoke, budget, variants, args.train_shape)),
+        (
+            "training",
+            90,
+            lambda: training(
+                device, args.smoke, budget, variants, args.train_shape, args.model_size
+            ),
+        ),
         ("optimizer_step", 20, lambda: optimizer_step(device, args.smoke, budget)),
         ("moe_experts", 20, lambda: moe_experts(device, args.smoke, budget)),
         ("sharded_step", 60, lambda: sharded_step(device, args.smoke, budget)),
