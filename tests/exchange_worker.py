@@ -5,7 +5,8 @@ one rank holds none; one exchange carries both), 3 x 8 (1, 1, 1, 0) and 1 x 8 (a
 rank holds it all). ``--only`` keeps
 one of them, so that the shard group holds a single matrix and all ranks but its owner own
 nothing. Every rank steps MuonH on its shards; rank 0 also steps an unsharded copy in the same
-process and writes both results, with each rank's exchanged bytes, to ``--out``.
+process and writes both results, with each rank's exchanged bytes, to ``--out``: once with
+Newton-Schulz in fp32 and once in bf16.
 """
 
 import argparse
@@ -40,20 +41,24 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--only", choices=sorted(SHAPES))
-    parser.add_argument("--ns-dtype", default="fp32")
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
     env = setup_distributed("cpu")
+    for ns_dtype in ("fp32", "bf16"):
+        run(args, env, ns_dtype)
+    env.barrier()
+    env.close()
+
+
+def run(args, env, ns_dtype: str) -> None:
     torch.manual_seed(0)
     names = [args.only] if args.only else list(SHAPES)
     model = Matrices(names)
     reference = copy.deepcopy(model)
     if env.world_size > 1:
         fully_shard(model, mesh=init_device_mesh("cpu", (env.world_size,)))
-    optimizers = [
-        MuonH(m.parameters(), lr=0.05, ns_dtype=args.ns_dtype) for m in (model, reference)
-    ]
+    optimizers = [MuonH(m.parameters(), lr=0.05, ns_dtype=ns_dtype) for m in (model, reference)]
     x = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
     sent = []
     for step in range(args.steps):
@@ -75,9 +80,7 @@ def main() -> None:
         full = weight.full_tensor() if isinstance(weight, DTensor) else weight
         result["sharded"][name] = full.tolist()
         result["single"][name] = reference.layers[name].weight.detach().tolist()
-    Path(args.out, f"rank{env.rank}.json").write_text(json.dumps(result))
-    env.barrier()
-    env.close()
+    Path(args.out, f"rank{env.rank}-{ns_dtype}.json").write_text(json.dumps(result))
 
 
 if __name__ == "__main__":
