@@ -42,25 +42,31 @@ def worker(args: argparse.Namespace) -> None:
     from hyperp.train.distributed import parallelize, setup_distributed
 
     torch.set_num_threads(1)
-    env = setup_distributed("cpu")
+    env = setup_distributed(args.device)
     torch.manual_seed(0)
-    model = Transformer(model_config(args.depth, args.width))
+    model = Transformer(model_config(args.depth, args.width)).to(env.device)
     roles = {info.name: info.role for info in assign_roles(model)}
     strategy = args.strategy if env.world_size > 1 else "single"
     parallel = parallelize(model, env, strategy, shard_size=2)
     optimizer = build_optimizer(
-        model, "hyperp", lr=0.01, roles=roles, replicate_group=parallel.replicate_group
-    )
+        model, "hyperp", lr=0.01, roles=roles, replicate_group=parallel.replicate_group,
+        ns_dtype=args.ns_dtype,
+    )  # fmt: skip
     tokens = torch.randint(0, 8192, (2, 65), generator=torch.Generator().manual_seed(env.rank))
+    tokens = tokens.to(env.device)
     parallel.module(tokens[:, :-1], tokens[:, 1:]).loss.backward()
     times = []
     for repeat in range(args.warmup + args.repeats):
         env.barrier()
         start = time.perf_counter()
         optimizer.step()
+        if env.device.type == "cuda":
+            torch.cuda.synchronize()
         env.barrier()
         if repeat >= args.warmup:
             times.append(time.perf_counter() - start)
+    if args.profile:  # every rank steps; rank 0 records
+        _profile(optimizer, env, Path(args.out, "profile.txt"))
     stats = optimizer.step_stats
     report = {
         "rank": env.rank,
@@ -77,17 +83,37 @@ def worker(args: argparse.Namespace) -> None:
         dist.destroy_process_group()
 
 
+def _profile(optimizer, env, path: Path) -> None:
+    """CPU time of three steps on rank 0 by operator (torch.profiler), as a table."""
+    import contextlib
+
+    from torch.profiler import ProfilerActivity, profile
+
+    recording = profile(activities=[ProfilerActivity.CPU]) if env.rank == 0 else None
+    with recording or contextlib.nullcontext():
+        for _ in range(3):
+            optimizer.step()
+    if recording is not None:
+        table = recording.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+        path.write_text(table)
+
+
 def launch(world: int, args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as out:
         script = [__file__, "--worker", "--out", out, "--depth", str(args.depth)]
         script += ["--width", str(args.width), "--strategy", args.strategy]
         script += ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+        script += ["--device", args.device, "--ns-dtype", args.ns_dtype]
+        if args.profile and world == 2:
+            script += ["--profile"]
         if world == 1:
             command = [sys.executable, *script]
         else:
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
             command += ["--nproc-per-node", str(world), *script]
         subprocess.run(command, check=True, capture_output=True, env=_env())
+        if args.profile and world == 2:
+            args.profile_text = Path(out, "profile.txt").read_text()
         return [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(world)]
 
 
@@ -109,8 +135,8 @@ def measured(args: argparse.Namespace) -> None:
     config = model_config(args.depth, args.width)
     print(
         f"depth {args.depth}, width {args.width}: {config.num_params() / 1e6:.1f}M parameters, "
-        f"{args.strategy}, gloo on CPU, 1 thread per process, {args.rounds} rounds x "
-        f"{args.repeats} steps (medians)\n"
+        f"{args.strategy}, gloo on CPU, 1 thread per process, Newton-Schulz in {args.ns_dtype}, "
+        f"{args.rounds} rounds x {args.repeats} steps (medians)\n"
     )
     print("procs  rank  state MB  state/1proc  step ms  step/1proc  sent MB  recv MB  NS GFLOP")
     for world in worlds:
@@ -131,6 +157,19 @@ def measured(args: argparse.Namespace) -> None:
         f"{params / 1e6:.1f} MB = {3 * params / 2e6:.1f} MB at 2 processes, "
         f"{3 * params * 3 / 4e6:.1f} MB at 4.\n"
     )
+    print("slowest rank's step / one process's, per interleaved round: median (min-max)")
+    for world in worlds[1:]:
+        ratios = [
+            max(r["step_s"] for r in ranks) / one[0]["step_s"]
+            for ranks, one in zip(rounds[world], rounds[1])
+        ]
+        print(
+            f"  {world} processes: {statistics.median(ratios):.3f} "
+            f"({min(ratios):.3f}-{max(ratios):.3f}) over {len(ratios)} rounds"
+        )
+    if getattr(args, "profile_text", None):
+        print("\nprofile of three steps on rank 0 of 2 (CPU time by operator):")
+        print(args.profile_text)
     for world in worlds[1:]:
         worst_state = max(r["state_bytes"] for r in rounds[world][-1]) / single_state
         worst_step = max(
@@ -194,6 +233,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (one GPU per rank)")
+    parser.add_argument("--ns-dtype", default="fp32", help="Newton-Schulz precision: fp32 or bf16")
+    parser.add_argument("--profile", action="store_true", help="profile rank 0 of 2 (last round)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--analytic-only", action="store_true")

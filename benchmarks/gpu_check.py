@@ -1,13 +1,20 @@
-"""The GPU check: what one CUDA GPU does with hyperp, in under 10 minutes, as one JSON file.
+"""The GPU check: what one CUDA GPU does with hyperp, in under 8 minutes, as one JSON file.
 
-1. bf16 training of the d8 dense preset (batch 16 x 4096 tokens) for a few hundred steps on the
-   built-in corpus: tokens/s, MFU and peak memory, eager and with ``torch.compile``;
-2. MuonH's step against ``torch.optim.Muon`` at equal (bf16) precision, on the hidden matrices of
-   the d8 model;
-3. the MoE expert computation (d8, 64 experts of hidden 512, 8 per token): PyTorch's grouped GEMM
-   against one matmul per expert, forward and backward.
+Each measurement runs inside a global time budget (``--budget-s``); one that fails prints its
+error and the check goes on; one that would not fit in what is left is skipped and says so.
 
-    bash benchmarks/gpu_check.sh                     # writes gpu_check/gpu_check.json
+1. Newton-Schulz coefficient tables (the paper's, Polar Express) and the symmetric ``X Xᵀ``
+   product: orthogonality error and time on a stack of d8-sized matrices, interleaved rounds;
+2. training the d8 dense model (batch 16 x 4096 tokens, bf16 autocast, random tokens): tokens/s,
+   MFU against the GPU's dense bf16 peak and peak memory, eager against ``torch.compile`` and
+   against per-block activation checkpointing, in interleaved rounds; the optimizer's share of a
+   step, MuonH minus the Muon baseline;
+3. MuonH's step against ``torch.optim.Muon`` at equal (bf16) precision;
+4. the MoE expert computation: grouped GEMM against one matmul per expert;
+5. the sharded MuonH step on 2 GPUs against 1 (skipped with one GPU), and the bytes the sharded
+   exchange sends per rank and step (2 gloo processes on the CPU: a count, not a timing).
+
+    bash benchmarks/gpu_check.sh                     # writes $OUT or gpu_check/gpu_check.json
     python benchmarks/gpu_check.py --device cpu --smoke --out /tmp/check   # tiny, any machine
 """
 
@@ -15,10 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,52 +38,185 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hyperp.optim import MuonH
 from optim_step import hidden_matrix_shapes, measure
 
+# Dense bf16 tensor-core peaks (FLOP/s, no sparsity) of the GPUs this check knows.
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12}
+
+
+class Budget:
+    """Seconds left of the whole check; a section that needs more than is left is skipped."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.perf_counter() + seconds
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def training(device: torch.device, steps: int, compile_model: bool, smoke: bool) -> dict:
-    """Tokens/s and MFU (median over the logged steps after the first tenth) and peak memory."""
-    from hyperp.train import load_config
-    from hyperp.train.trainer import train
-
-    overrides = {
-        "train.steps": steps,
-        "train.batch_size": 16,
-        "train.log_every": max(1, steps // 20),
-        "train.eval_batches": 0,
-        "train.monitor_every": 0,
-        "train.checkpoint_every": 0,
-        "train.progress": False,
-        "train.compile": compile_model,
-        "train.device": device.type,
-        "train.precision": "bf16",
-    }
-    if smoke:
-        overrides |= {"model.depth": 2, "model.width": 64, "model.head_dim": 32,
-                      "model.context": 64, "train.seq_len": 64, "train.batch_size": 4}  # fmt: skip
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    config = load_config("d8_dense", overrides)
-    with tempfile.TemporaryDirectory() as out:
-        result = train(config, Path(out) / "run", resume="never")
-        records = [json.loads(line) for line in (Path(out) / "run/metrics.jsonl").open()]
-    steady = [r for r in records if r["step"] > steps // 10 and "tokens_per_s" in r]
+def _spread(values: list[float]) -> dict:
     return {
-        "steps": steps,
-        "compile": compile_model,
-        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady),
-        "mfu": statistics.median(r["mfu"] for r in steady) if "mfu" in steady[0] else None,
-        "peak_memory_gb": (
-            torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        ),
-        "final_loss": result.summary["train_loss"],
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
     }
 
 
-def optimizer_step(device: torch.device, smoke: bool) -> dict:
+# -- 1. Newton-Schulz -------------------------------------------------------------------------
+
+
+def newton_schulz_options(device: torch.device, smoke: bool, budget: Budget) -> dict:
+    """benchmarks/newton_schulz.py at d8's MLP shape (16 x 1024 x 4096) in bf16."""
+    from newton_schulz import compare
+
+    shape = (4, 32, 128) if smoke else (16, 1024, 4096)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"shape": shape, "dtype": str(dtype),
+            "options": compare(device, shape, dtype, 3 if smoke else 15)}  # fmt: skip
+
+
+# -- 2. training ------------------------------------------------------------------------------
+
+
+def _peak(device: torch.device) -> float:
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((value for key, value in PEAK_BF16.items() if key in name), 0.0)
+
+
+def _model_config(smoke: bool, size=None):
+    from hyperp.model import ModelConfig
+
+    if size:  # depth, width: a scaled-down d8 for a CPU
+        return ModelConfig(depth=size[0], width=size[1], head_dim=64, vocab_size=8192, context=512)
+    if smoke:
+        return ModelConfig(depth=2, width=64, head_dim=32, n_kv_heads=1, context=64, vocab_size=512)
+    return ModelConfig(
+        depth=8, head_dim=128, n_kv_heads=4, context=4096, qk_norm=True, gated_attention=True,
+        vocab_size=32768,
+    )  # fmt: skip
+
+
+class _Variant:
+    """One model + optimizer trained in rounds: eager, compiled or activation-checkpointed."""
+
+    def __init__(
+        self, config, device, method: str, compile_model: bool, checkpoint: bool, autocast: bool
+    ) -> None:
+        from hyperp.model import Transformer
+        from hyperp.optim import build_optimizer
+        from hyperp.optim.roles import assign_roles
+
+        torch.manual_seed(0)
+        self.model = Transformer(config).to(device)
+        if checkpoint:
+            from hyperp.model.transformer import checkpoint_blocks
+
+            checkpoint_blocks(self.model)
+        roles = {info.name: info.role for info in assign_roles(self.model)}
+        self.optimizer = build_optimizer(self.model, method, lr=0.004, roles=roles)
+        self.module = torch.compile(self.model) if compile_model else self.model
+        self.device, self.autocast = device, autocast
+        self.step_times: list[float] = []
+        self.optimizer_times: list[float] = []
+        self.peak_bytes = 0
+
+    def run(self, tokens: torch.Tensor, steps: int) -> float:
+        """Train ``steps`` steps; return the seconds they took (synchronized)."""
+        device = self.device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            begin = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                loss = self.module(tokens[:, :-1], tokens[:, 1:]).loss
+            loss.backward()
+            _sync(device)
+            middle = time.perf_counter()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            _sync(device)
+            end = time.perf_counter()
+            self.step_times.append(end - begin)
+            self.optimizer_times.append(end - middle)
+        elapsed = time.perf_counter() - start
+        if device.type == "cuda":
+            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(device))
+        return elapsed
+
+
+def training(
+    device: torch.device, smoke: bool, budget: Budget, variants: list[str], shape=None, size=None
+) -> dict:
+    """Interleaved rounds of each variant; tokens/s ratios against eager per round."""
+    config = _model_config(smoke, size)
+    batch, length = shape or ((2, 64) if smoke else (16, 4096))
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, config.vocab, (batch, length + 1), generator=generator).to(device)
+    specs = {  # method, compile, checkpoint, bf16 autocast
+        "eager": ("hyperp", False, False, True),
+        "compiled": ("hyperp", True, False, True),
+        "checkpointed": ("hyperp", False, True, True),
+        "muon eager": ("muon", False, False, True),
+        "fp32 eager": ("hyperp", False, False, False),
+    }
+    runs: dict[str, _Variant] = {}
+    report: dict = {"batch": [batch, length], "params": config.num_params(), "variants": {}}
+    for name in ["eager", *variants]:
+        try:
+            started = time.perf_counter()
+            runs[name] = _Variant(config, device, *specs[name])
+            runs[name].run(tokens, 2 if smoke else 3)  # warm-up (and compilation)
+            report["variants"][name] = {"warmup_s": time.perf_counter() - started}
+        except Exception as error:  # one variant's failure (say, no compiler) spares the rest
+            report["variants"][name] = {"error": f"{type(error).__name__}: {error}"}
+            traceback.print_exc()
+            runs.pop(name, None)
+    steps, rounds = (2, 3) if smoke else (5 if device.type == "cuda" else 1, 7)
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        if budget.left() < 20:
+            report["stopped_early"] = "time budget"
+            break
+        for name, variant in runs.items():
+            rates[name].append(steps * batch * length / variant.run(tokens, steps))
+    flops_per_token = config.scale().flops_per_token
+    peak = _peak(device)
+    for name, values in rates.items():
+        if not values:
+            continue
+        variant = runs[name]
+        entry = report["variants"][name]
+        entry["tokens_per_s"] = _spread(values)
+        if peak:
+            entry["mfu"] = flops_per_token * statistics.median(values) / peak
+        if values and rates["eager"]:
+            per_round = [v / e for v, e in zip(values, rates["eager"])]
+            entry["tokens_per_s_vs_eager"] = _spread(per_round)
+        share = [o / s for o, s in zip(variant.optimizer_times, variant.step_times)]
+        entry["optimizer_share"] = _spread(share[-len(values) * steps :])
+        if device.type == "cuda":
+            entry["peak_memory_gb"] = variant.peak_bytes / 2**30
+    if rates.get("muon eager"):
+        muonh = report["variants"]["eager"]["optimizer_share"]["median"]
+        muon = report["variants"]["muon eager"]["optimizer_share"]["median"]
+        report["optimizer_share_muonh_minus_muon_points"] = 100 * (muonh - muon)
+    report["peak_bf16_flops"] = peak
+    report["flops_per_token"] = flops_per_token
+    return report
+
+
+# -- 3, 4. optimizer step, MoE experts -----------------------------------------------------------
+
+
+def optimizer_step(device: torch.device, smoke: bool, budget: Budget) -> dict:
     """Median step time of MuonH (bf16 Newton-Schulz) against torch.optim.Muon, interleaved."""
     width = 64 if smoke else 1024
     shapes = hidden_matrix_shapes(width, 2 if smoke else 8, 32 if smoke else 128, 4)
@@ -89,7 +233,7 @@ def optimizer_step(device: torch.device, smoke: bool) -> dict:
     }
 
 
-def moe_experts(device: torch.device, smoke: bool) -> dict:
+def moe_experts(device: torch.device, smoke: bool, budget: Budget) -> dict:
     """Forward+backward of the routed experts: grouped GEMM against the per-expert loop."""
     from hyperp.model.moe import expert_swiglu
 
@@ -126,37 +270,174 @@ def moe_experts(device: torch.device, smoke: bool) -> dict:
     return report
 
 
+# -- 5. sharded step, exchange bytes ---------------------------------------------------------------
+
+
+def _distributed_optim(
+    world: int, device: str, budget: Budget, smoke: bool, ns_dtype: str = "bf16"
+) -> list[dict]:
+    """One run of benchmarks/distributed_optim.py's worker on ``world`` processes."""
+    script = Path(__file__).resolve().parent / "distributed_optim.py"
+    with tempfile.TemporaryDirectory() as out:
+        args = [str(script), "--worker", "--out", out, "--device", device, "--ns-dtype", ns_dtype]
+        args += ["--depth", "2" if smoke else "4", "--width", "128" if smoke else "512"]
+        args += ["--repeats", "3", "--warmup", "1"]
+        if world == 1:
+            command = [sys.executable, *args]
+        else:
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+            command += ["--nproc-per-node", str(world), *args]
+        src = str(Path(__file__).resolve().parents[1] / "src")
+        env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+        timeout = max(10.0, budget.left() - 5)
+        subprocess.run(command, check=True, capture_output=True, env=env, timeout=timeout)
+        return [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def sharded_step(device: torch.device, smoke: bool, budget: Budget) -> dict:
+    """2 GPUs against 1 under FSDP2, interleaved, when there are 2 GPUs."""
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if gpus < 2:
+        return {"skipped": f"needs 2 GPUs, this machine has {gpus}"}
+    ratios = []
+    for _ in range(3 if smoke else 7):
+        if budget.left() < 30:
+            break
+        one = _distributed_optim(1, "cuda", budget, smoke)[0]["step_s"]
+        two = max(r["step_s"] for r in _distributed_optim(2, "cuda", budget, smoke))
+        ratios.append(two / one)
+    return {"step_2_over_1": _spread(ratios)} if ratios else {"skipped": "time budget"}
+
+
+def exchange_bytes(device: torch.device, smoke: bool, budget: Budget) -> dict:
+    """Bytes the sharded exchange sends per rank and step on 2 gloo CPU processes (FSDP2), with
+    Newton-Schulz in bf16 and in fp32 (the fp32 exchange is what every step sent before the
+    exchange travelled in Newton-Schulz's precision)."""
+    report: dict = {"world": 2}
+    for ns_dtype in ("bf16", "fp32"):
+        ranks = _distributed_optim(2, "cpu", budget, smoke, ns_dtype)
+        report[f"sent_bytes_per_rank_{ns_dtype}"] = [r["sent_bytes"] for r in ranks]
+    bf16, fp32 = report["sent_bytes_per_rank_bf16"], report["sent_bytes_per_rank_fp32"]
+    report["bf16_over_fp32"] = max(bf16) / max(fp32)
+    return report
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+
+def _summary(report: dict) -> list[str]:
+    """A few lines for a person: the headline of each section, or its error."""
+    lines = [f"{report['device']}, torch {report['torch']}, {report.get('wall_s', 0):.0f} s"]
+    sections = report["sections"]
+    ns = sections.get("newton_schulz", {})
+    for name, entry in ns.get("options", {}).items():
+        ratio = entry["vs_paper"]
+        lines.append(
+            f"NS {name:17s} max|s-1| {entry['max_abs_sigma_minus_1']:.3f}  rms(XXt-I) "
+            f"{entry['rms_gram_error']:.4f}  {entry['ms'][0]:.2f} ms  {ratio[0]:.2f}x paper "
+            f"({ratio[1]:.2f}-{ratio[2]:.2f})"
+        )
+    train = sections.get("training", {})
+    for name, entry in train.get("variants", {}).items():
+        if "tokens_per_s" in entry:
+            line = f"train {name:13s} {entry['tokens_per_s']['median']:10.0f} tok/s"
+            if "mfu" in entry:
+                line += f"  MFU {100 * entry['mfu']:.1f}%"
+            if "tokens_per_s_vs_eager" in entry and name != "eager":
+                r = entry["tokens_per_s_vs_eager"]
+                line += f"  {r['median']:.2f}x eager ({r['min']:.2f}-{r['max']:.2f})"
+            line += f"  optimizer {100 * entry['optimizer_share']['median']:.1f}% of a step"
+            if "peak_memory_gb" in entry:
+                line += f"  peak {entry['peak_memory_gb']:.1f} GB"
+            lines.append(line)
+        elif "error" in entry:
+            lines.append(f"train {name}: {entry['error'][:200]}")
+    if "optimizer_share_muonh_minus_muon_points" in train:
+        points = train["optimizer_share_muonh_minus_muon_points"]
+        lines.append(f"optimizer share, MuonH minus Muon: {points:+.1f} points")
+    step = sections.get("optimizer_step", {})
+    if "muonh_over_torch_muon" in step:
+        lines.append(f"MuonH step / torch.optim.Muon step: {step['muonh_over_torch_muon']:.3f}x")
+    moe = sections.get("moe_experts", {})
+    if "grouped_speedup" in moe:
+        lines.append(f"MoE grouped GEMM speedup: {moe['grouped_speedup']:.2f}x")
+    for name in ("sharded_step", "exchange_bytes"):
+        entry = sections.get(name, {})
+        if entry:
+            lines.append(f"{name}: {json.dumps(entry)[:200]}")
+    for name, entry in sections.items():
+        if isinstance(entry, dict) and "error" in entry:
+            lines.append(f"{name} FAILED: {entry['error'][:300]}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--compile-steps", type=int, default=200)
+    parser.add_argument("--budget-s", type=float, default=420.0, help="whole-check time budget")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few steps (any device)")
-    parser.add_argument("--out", default="gpu_check")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    parser.add_argument("--sections", nargs="+", help="run only these sections")
+    parser.add_argument("--variants", nargs="+", help="training variants besides eager")
+    parser.add_argument("--train-shape", type=int, nargs=2, help="batch and sequence length")
+    parser.add_argument("--model-size", type=int, nargs=2, help="depth and width instead of d8")
+    parser.add_argument("--out", default=os.environ.get("OUT") or "gpu_check")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here; run with --device cpu --smoke to try the script")
-    steps, compile_steps = (4, 4) if args.smoke else (args.steps, args.compile_steps)
-    report = {
+    budget = Budget(args.budget_s)
+    report: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "smoke": args.smoke,
+        "budget_s": args.budget_s,
+        "sections": {},
     }
-    started = time.perf_counter()
-    report["optimizer_step"] = optimizer_step(device, args.smoke)
-    report["moe_experts"] = moe_experts(device, args.smoke)
-    report["train_eager"] = training(device, steps, False, args.smoke)
-    # torch.compile on a CPU needs a C++ toolchain; the smoke run checks the script, not that.
-    if device.type == "cuda" or not args.smoke:
-        report["train_compiled"] = training(device, compile_steps, True, args.smoke)
-    report["wall_s"] = time.perf_counter() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    variants = args.variants or (
+        ["muon eager", "fp32 eager", "checkpointed"] + ([] if args.no_compile else ["compiled"])
+    )
+    # (name, seconds it needs at least, function); cheapest and most wanted first.
+    sections: list[tuple[str, float, Callable[[], dict]]] = [
+        ("newton_schulz", 20, lambda: newton_schulz_options(device, args.smoke, budget)),
+        (
+            "training",
+            90,
+            lambda: training(
+                device, args.smoke, budget, variants, args.train_shape, args.model_size
+            ),
+        ),
+        ("optimizer_step", 20, lambda: optimizer_step(device, args.smoke, budget)),
+        ("moe_experts", 20, lambda: moe_experts(device, args.smoke, budget)),
+        ("sharded_step", 60, lambda: sharded_step(device, args.smoke, budget)),
+        ("exchange_bytes", 30, lambda: exchange_bytes(device, args.smoke, budget)),
+    ]
+    started = time.perf_counter()
+    for name, needs, run in sections:
+        if args.sections and name not in args.sections:
+            continue
+        if budget.left() < needs:
+            report["sections"][name] = {"skipped": f"{budget.left():.0f} s left, needs {needs}"}
+            print(f"[{name}] skipped: time budget", flush=True)
+            continue
+        print(f"[{name}] ...", flush=True)
+        begin = time.perf_counter()
+        try:
+            report["sections"][name] = run()
+        except Exception as error:  # report it and go on with the next measurement
+            traceback.print_exc()
+            report["sections"][name] = {"error": f"{type(error).__name__}: {error}"}
+        report["sections"][name]["seconds"] = time.perf_counter() - begin
+        print(f"[{name}] {report['sections'][name]['seconds']:.0f} s", flush=True)
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")  # so far
+    report["wall_s"] = time.perf_counter() - started
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    print("\n".join(_summary(report)))
+    print(f"wrote {out / 'gpu_check.json'}")
 
 
 if __name__ == "__main__":

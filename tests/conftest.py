@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hyperp.optim.precision import ENVIRONMENT_VARIABLE, cpu_ns_choice
+from hyperp.optim.precision import AUTOCAST_VARIABLE, ENVIRONMENT_VARIABLE, cpu_ns_choice
 from support import prepare_small_corpus
 
 # The suite runs in the Newton-Schulz precision this CPU chose (measured once per machine and
@@ -13,6 +13,9 @@ from support import prepare_small_corpus
 # themselves (tests/training.py, PIN_FP32).
 _NS_DTYPE, _NS_REASON = cpu_ns_choice()
 os.environ[ENVIRONMENT_VARIABLE] = "bf16" if torch.bfloat16 == _NS_DTYPE else "fp32"
+# Training's forward and backward run without autocast unless a test asks (train.precision):
+# the suite's results do not depend on this CPU's autocast choice (tests/test_speed.py tests it).
+os.environ.setdefault(AUTOCAST_VARIABLE, "fp32")
 
 
 def pytest_report_header(config):

@@ -121,3 +121,48 @@ def test_layout_matches_fsdp_row_split():
     assert (bank.count, bank.per_row, bank.slices_on(1), bank.holder(5)) == (8, 2, (4, 8), 1)
     kernel = MatrixLayout.of((6, 3, 2, 2), "flatten", 2)  # one 6 x 12 matrix, rows split
     assert (kernel.count, kernel.rows, kernel.cols, kernel.split) == (1, 6, 12, True)
+
+
+EXCHANGE_WORKER = str(Path(__file__).with_name("exchange_worker.py"))
+
+
+def run_exchange(out: Path, nproc: int, *args: str) -> dict[str, list[dict]]:
+    out.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", str(nproc), EXCHANGE_WORKER, "--out", str(out), *args]
+    done = subprocess.run(
+        command, env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {
+        ns: [json.loads((out / f"rank{r}-{ns}.json").read_text()) for r in range(nproc)]
+        for ns in ("fp32", "bf16")
+    }
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(("nproc", "only"), [(4, None), (4, "six"), (2, "three")])
+def test_exchange_with_empty_shards_and_idle_ranks(tmp_path, nproc, only):
+    # 6 rows on 4 ranks: 2, 2, 2, 0 (a rank without rows), two such matrices in one bucket;
+    # with --only one matrix, every rank but its owner orthogonalizes nothing. Results match
+    # one process (fp32, reduction order only), no NaN, and a bf16 exchange sends exactly half
+    # the bytes of an fp32 one.
+    flags = ("--only", only) if only else ()
+    runs = run_exchange(tmp_path, nproc, *flags)
+    fp32, bf16 = runs["fp32"], runs["bf16"]
+    for name, expected in fp32[0]["single"].items():
+        got, want = torch.tensor(fp32[0]["sharded"][name]), torch.tensor(expected)
+        assert torch.isfinite(got).all(), name
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    owners = [rank["orthogonalized"] for rank in fp32]
+    assert sum(owners) == len(fp32[0]["single"])
+    if only:
+        assert sorted(owners) == [0] * (nproc - 1) + [1]
+    for name in bf16[0]["single"]:
+        assert torch.isfinite(torch.tensor(bf16[0]["sharded"][name])).all(), name
+    norms = 2 * 4 * len(fp32[0]["single"])  # two fp32 all-reduces of one norm per matrix
+    for wide, narrow in zip(fp32, bf16):
+        for step_fp32, step_bf16 in zip(wide["sent_bytes"], narrow["sent_bytes"]):
+            assert step_fp32 - norms == 2 * (step_bf16 - norms)
+    assert max(rank["sent_bytes"][-1] for rank in fp32) > norms  # rows did travel

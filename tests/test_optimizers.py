@@ -179,7 +179,7 @@ def run_with_decay(optimizer_class, lr, weight_decay, steps=10, **options):
 
 def test_weight_decay_is_second_order_on_the_sphere():
     # The trajectory change caused by decay λ shrinks like lr² for MuonH (ratio ≈ 4 when the lr
-    # halves): docs/method.md §2.3. Without a sphere, decay coupled to the lr acts at first order (ratio
+    # halves): docs/method.md §2.3. Without a sphere, decay scaled by the lr (decoupled) acts at first order (ratio
     # ≈ 2) and the baseline's independent decay does not shrink with the lr at all (ratio ≈ 1).
     # Newton-Schulz in fp32: bf16 rounds the update far above a second-order change.
     def ratio(optimizer_class, **options):
@@ -192,7 +192,7 @@ def test_weight_decay_is_second_order_on_the_sphere():
         return change(0.02) / change(0.01)
 
     assert 3.8 < ratio(MuonH) < 4.2
-    assert 1.8 < ratio(Muon, decay="coupled") < 2.2
+    assert 1.8 < ratio(Muon, decay="decoupled") < 2.2
     assert 0.9 < ratio(Muon, decay="independent") < 1.1
 
 
@@ -379,3 +379,17 @@ def test_dcp_state_dict_round_trip_into_a_fresh_optimizer(method, tmp_path):
     if method == "hyperp":
         assert opt2.radius(model2.bank.weight).dtype == torch.float32
         assert torch.equal(opt2.radius(model2.bank.weight), opt.radius(model.bank.weight))
+
+
+def test_coupled_decay_is_named_decoupled_and_old_state_still_loads():
+    # lr x wd is AdamW's decoupled form: the former name is refused with the fix, while a state
+    # dict saved under it loads as the same rule.
+    weight = nn.Parameter(torch.randn(8, 4))
+    with pytest.raises(ValueError, match="decay='decoupled'"):
+        Muon([weight], decay="coupled")
+    saved = Muon.like_torch([weight]).state_dict()
+    assert saved["param_groups"][0]["decay"] == "decoupled"
+    saved["param_groups"][0]["decay"] = "coupled"
+    optimizer = Muon([weight])
+    optimizer.load_state_dict(saved)
+    assert optimizer.param_groups[0]["decay"] == "decoupled"

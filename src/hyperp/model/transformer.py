@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from hyperp.model.config import ModelConfig
 from hyperp.model.moe import MoE, SwiGLU
@@ -32,6 +33,7 @@ __all__ = [
     "RMSNorm",
     "Transformer",
     "apply_rope",
+    "checkpoint_blocks",
     "sample_next_token",
 ]
 
@@ -186,7 +188,9 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm block: ``x + m*attn(norm(x))``, then ``x + m*mlp(norm(x))``, ``m = 1/sqrt(2L)``.
 
-    ``forward`` returns ``(x, balancing_loss)``; the loss is None for a dense MLP.
+    ``forward`` returns ``(x, balancing_loss)``; the loss is None for a dense MLP. With
+    ``checkpointed`` set (see :func:`checkpoint_blocks`), a training forward keeps only the
+    block's input and recomputes the rest in backward.
     """
 
     def __init__(self, config: ModelConfig, layer_index: int) -> None:
@@ -200,6 +204,7 @@ class Block(nn.Module):
             MoE(config, layer_index) if config.is_moe else SwiGLU(config.width, config.mlp_hidden)
         )
         self._hyperp_monitor = None  # set by hyperp.monitor.collect on logging steps only
+        self.checkpointed = False
 
     def forward(
         self,
@@ -208,6 +213,12 @@ class Block(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # A monitored step records activations once, so it is not recomputed.
+        if self.checkpointed and torch.is_grad_enabled() and self._hyperp_monitor is None:
+            return checkpoint(self._forward, x, cos, sin, cache, use_reentrant=False)
+        return self._forward(x, cos, sin, cache)
+
+    def _forward(self, x, cos, sin, cache):
         attn_out = self.attn(self.attn_norm(x), cos, sin, cache) * self.residual_multiplier
         x = x + attn_out.float()
         mlp_out = self.mlp(self.mlp_norm(x))
@@ -219,6 +230,14 @@ class Block(nn.Module):
         if self._hyperp_monitor is not None:
             self._hyperp_monitor.record_block(self.layer_index, attn_out, mlp_out, x)
         return x, aux
+
+
+def checkpoint_blocks(model: nn.Module, enabled: bool = True) -> None:
+    """Activation checkpointing per transformer block: in training, each block keeps its input
+    only and recomputes its activations during backward (less memory, about one more forward)."""
+    for module in model.modules():
+        if isinstance(module, Block):
+            module.checkpointed = enabled
 
 
 class Transformer(nn.Module):

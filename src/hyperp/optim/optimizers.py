@@ -13,7 +13,8 @@ Algorithms:
 - ``adamh``: Adam direction, the same relative step and retraction (docs/method.md §2.4).
 - ``muon``: the paper's Muon baseline, ``W <- (1 - λ_t) W - lr · sqrt(fan_out/fan_in) · O`` with
   "independent" decay ``λ_t = weight_decay · lr / peak_lr`` (docs/method.md §2.5), or torch.optim.Muon's
-  update (``scale="torch"``, ``decay="coupled"``, Keller Jordan coefficients in bf16).
+  update (``scale="torch"``, ``decay="decoupled"``: ``lr · weight_decay`` as in AdamW, Keller
+  Jordan coefficients in bf16).
 - ``adam``: Adam with decoupled weight decay (AdamW when ``weight_decay > 0``).
 
 Distributed (docs/method.md §4.1): state tensors are shaped like their parameters, so under FSDP2/HSDP they
@@ -38,6 +39,7 @@ import torch
 import torch.distributed as dist
 from torch.optim import Optimizer
 
+from hyperp.optim import updates
 from hyperp.optim.newton_schulz import Coefficients, default_ns_dtype, dtype_name, newton_schulz
 from hyperp.optim.sharding import (
     Grid,
@@ -142,8 +144,13 @@ class GroupedOptimizer(Optimizer):
             raise ValueError(f"scale must be 'spectral', 'torch' or 'none', got {group['scale']!r}")
         if not isinstance(group["transposed"], bool):
             raise ValueError(f"transposed must be True or False, got {group['transposed']!r}")
-        if group["decay"] not in ("independent", "coupled"):
-            raise ValueError(f"decay must be 'independent' or 'coupled', got {group['decay']!r}")
+        if group["decay"] == "coupled":
+            raise ValueError(
+                "decay='coupled' is now decay='decoupled' (W <- (1 - lr·wd) W, AdamW's decoupled "
+                "form); rename it"
+            )
+        if group["decay"] not in ("independent", "decoupled"):
+            raise ValueError(f"decay must be 'independent' or 'decoupled', got {group['decay']!r}")
         # Kept as a name ("bf16", "fp32") so that a saved state dict holds plain data only.
         group["ns_dtype"] = dtype_name(group["ns_dtype"])
         if algorithm in ("muonh", "muon", "adamh"):
@@ -214,6 +221,8 @@ class GroupedOptimizer(Optimizer):
         super().load_state_dict(state_dict)
         for group in self.param_groups:
             group["ns_dtype"] = dtype_name(group["ns_dtype"])
+            if group.get("decay") == "coupled":  # the same rule under its former name
+                group["decay"] = "decoupled"
         for param, radius in radii.items():
             self.state[param]["radius"] = radius.to(dtype=torch.float32, device=param.device)
 
@@ -232,141 +241,101 @@ class GroupedOptimizer(Optimizer):
                 continue
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError("hyperp optimizers do not support sparse gradients")
-            algorithm = group["algorithm"]
-            if algorithm == "adam":
-                self._adam_step(group, params)
-                continue
-            if algorithm == "adamh":
-                directions = self._adam_directions(group, params)
-            else:
-                directions = self._orthogonalized_momentum(index, group, params)
-            if algorithm == "muon":
-                self._muon_step(index, group, params, directions)
-            else:
-                self._sphere_step(index, group, params, directions)
+            self._step_group(index, group, params)
         return loss
 
-    def _orthogonalized_momentum(self, index, group, params) -> list[torch.Tensor]:
-        """Nesterov momentum (accumulating form) on local shards, then Newton-Schulz of every
-        matrix by its owner rank (see :mod:`hyperp.optim.sharding`)."""
-        momentum = group["momentum"]
+    def _step_group(self, index: int, group: dict[str, Any], params: list) -> None:
+        """Dispatch to the group's update (:mod:`hyperp.optim.updates`) with this rank's local
+        tensors, and the sharded Newton-Schulz and norms it needs."""
+        algorithm, states = group["algorithm"], [self.state[p] for p in params]
         grads = [local(p.grad) for p in params]
-        buffers = [local(self.state[p]["momentum_buffer"]) for p in params]
-        torch._foreach_mul_(buffers, momentum)
-        torch._foreach_add_(buffers, grads)
-        updates = (
-            torch._foreach_add(grads, buffers, alpha=momentum) if group["nesterov"] else buffers
-        )
+        hyper = {"lr": group["lr"], "weight_decay": group["weight_decay"]}
+        if algorithm in ("adam", "adamh"):
+            for state in states:
+                state["step"] += 1
+            adam = [[local(state[k]) for state in states] for k in ("exp_avg", "exp_avg_sq")]
+            adam.append([state["step"] for state in states])
+            hyper |= {"betas": group["betas"], "eps": group["eps"]}
+        else:
+            buffers = [local(state["momentum_buffer"]) for state in states]
+            hyper |= {"momentum": group["momentum"], "nesterov": group["nesterov"]}
+            hyper["orthogonalize"] = self._orthogonalizer(index, group, params)
+        if algorithm == "adam":
+            updates.adam_update([local(p) for p in params], grads, *adam, **hyper)
+        elif algorithm == "muon":
+            hyper["decay"] = hyper.pop("weight_decay") * self._decay_factor(group)
+            hyper["scales"] = self._muon_scales(index, group, params)
+            updates.muon_update([local(p) for p in params], grads, buffers, **hyper)
+        else:
+            layouts, grid, _ = self._plan(index, group, params, need_work=False)
+            weights = [local(p) for p in params]
+            work = [w if w.dtype == torch.float32 else w.float() for w in weights]
+            per_tensor = group["sphere"] == "tensor"
+            radii = [
+                _local_slices(state["radius"], layout, grid)
+                for state, layout in zip(states, layouts)
+            ]
+
+            def sphere_norms(views: list[torch.Tensor]) -> list[torch.Tensor]:
+                norms = reduce_slice_norms(layouts, grid, views, self.step_stats)
+                return [
+                    _local_slices(_sphere_norm(norm, per_tensor), layout, grid)
+                    for norm, layout in zip(norms, layouts)
+                ]
+
+            def views(tensors) -> list[torch.Tensor]:
+                return [layout.view(t) for layout, t in zip(layouts, tensors)]
+
+            hyper |= {"sphere_norms": sphere_norms, "views": views}
+            if algorithm == "muonh":
+                updates.muonh_update(work, grads, buffers, radii, **hyper)
+            else:
+                updates.adamh_update(work, grads, *adam, radii, **hyper)
+            for w, target in zip(work, weights):
+                if w is not target:
+                    target.copy_(w)
+
+    def _orthogonalizer(self, index, group, params):
+        """Newton-Schulz of every matrix by its owner rank (:mod:`hyperp.optim.sharding`),
+        the matrices travelling in Newton-Schulz's precision: it reads nothing finer."""
         _, _, plan = self._plan(index, group, params)
-        dtype = group["ns_dtype"]
+        name = group["ns_dtype"]
+        dtype = _DTYPES[name] if name else default_ns_dtype(params[0].device)
 
         def orthogonal(stacked: torch.Tensor) -> torch.Tensor:
             return newton_schulz(
-                stacked,
-                group["ns_steps"],
-                coefficients=group["ns_coefficients"],
-                dtype=_DTYPES[dtype] if dtype else default_ns_dtype(stacked.device),
+                stacked, group["ns_steps"], coefficients=group["ns_coefficients"], dtype=dtype
             )
 
-        return orthogonalize(plan, list(updates), orthogonal, self.step_stats, index)
+        def run(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+            return orthogonalize(plan, tensors, orthogonal, self.step_stats, index, dtype)
 
-    def _adam_moments(self, group, grads, states) -> tuple[list, list, list[int]]:
-        beta1, beta2 = group["betas"]
-        exp_avgs = [local(state["exp_avg"]) for state in states]
-        exp_avg_sqs = [local(state["exp_avg_sq"]) for state in states]
-        for state in states:
-            state["step"] += 1
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-        return exp_avgs, exp_avg_sqs, [state["step"] for state in states]
+        return run
 
-    def _adam_denominators(self, group, exp_avg_sqs, steps) -> list[torch.Tensor]:
-        """``sqrt(v_hat) + eps`` with ``v_hat = v / (1 - beta2^t)``."""
-        beta2 = group["betas"][1]
-        denominators = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denominators, [math.sqrt(1 - beta2**t) for t in steps])
-        torch._foreach_add_(denominators, group["eps"])
-        return denominators
-
-    def _adam_directions(self, group, params) -> list[torch.Tensor]:
-        """AdamH's direction ``m_hat / (sqrt(v_hat) + eps)`` on local shards."""
-        beta1 = group["betas"][0]
-        grads = [local(p.grad) for p in params]
-        exp_avgs, exp_avg_sqs, steps = self._adam_moments(
-            group, grads, [self.state[p] for p in params]
-        )
-        denominators = self._adam_denominators(group, exp_avg_sqs, steps)
-        directions = torch._foreach_div(exp_avgs, denominators)
-        torch._foreach_div_(directions, [1 - beta1**t for t in steps])
-        return list(directions)
-
-    def _adam_step(self, group, params) -> None:
-        beta1 = group["betas"][0]
-        lr, weight_decay = group["lr"], group["weight_decay"]
-        weights, grads = [local(p) for p in params], [local(p.grad) for p in params]
-        exp_avgs, exp_avg_sqs, steps = self._adam_moments(
-            group, grads, [self.state[p] for p in params]
-        )
-        denominators = self._adam_denominators(group, exp_avg_sqs, steps)
-        if weight_decay:
-            torch._foreach_mul_(weights, 1 - lr * weight_decay)
-        torch._foreach_addcdiv_(
-            weights, exp_avgs, denominators, [-lr / (1 - beta1**t) for t in steps]
-        )
-
-    def _sphere_step(self, index, group, params, directions) -> None:
-        """``W' = (1 - lr·wd) W - lr · R/||D|| · D``, then ``W <- R · W'/||W'||`` (docs/method.md §2.3).
-
-        On local shards in fp32; each norm is a sum of per-rank partial sums. The retraction
-        removes any overall scale, so decay ``(1 - lr·wd)·W`` is applied as a step scaled by
-        ``1/(1 - lr·wd)``: the same point on the sphere, one pass less.
-        """
-        layouts, grid, _ = self._plan(index, group, params, need_work=False)
-        lr, weight_decay = group["lr"], group["weight_decay"]
-        per_tensor = group["sphere"] == "tensor"
-        weights = [local(p) for p in params]
-        work = [w if w.dtype == torch.float32 else w.float() for w in weights]
-        radii = [self.state[p]["radius"] for p in params]
-        direction_norms = reduce_slice_norms(layouts, grid, directions, self.step_stats)
-        for layout, w, d, radius, norm in zip(layouts, work, directions, radii, direction_norms):
-            norm = _sphere_norm(norm, per_tensor).clamp_min(1e-30)  # a zero direction moves nothing
-            step = lr * radius / norm / (1 - lr * weight_decay)
-            view = layout.view(w)
-            view.sub_(layout.view(d).float() * _local_slices(step, layout, grid))
-        weight_norms = reduce_slice_norms(layouts, grid, work, self.step_stats)
-        for layout, w, radius, norm in zip(layouts, work, radii, weight_norms):
-            layout.view(w).mul_(
-                _local_slices(radius / _sphere_norm(norm, per_tensor), layout, grid)
-            )
-        for w, target in zip(work, weights):
-            if w is not target:
-                target.copy_(w)
-
-    def _muon_step(self, index, group, params, directions) -> None:
-        """The Muon baseline update (docs/method.md §2.5) on local shards; no sphere."""
-        layouts, _, _ = self._plan(index, group, params)
-        lr, weight_decay = group["lr"], group["weight_decay"]
+    @staticmethod
+    def _decay_factor(group: dict[str, Any]) -> float:
+        """What multiplies ``weight_decay`` in the Muon baseline's ``(1 - λ_t)``: ``lr/peak_lr``
+        (independent: decay follows the schedule, not the LR's magnitude) or ``lr``
+        (decoupled, as AdamW and torch.optim.Muon)."""
         if group["decay"] == "independent":
-            # λ_t = λ · η_t / η_peak: decay follows the schedule but not the LR's magnitude.
             peak = group["peak_lr"]
-            decay = weight_decay * (lr / peak if peak > 0 else 0.0)
-        else:
-            decay = lr * weight_decay  # torch.optim.Muon: decoupled, scaled by the LR
-        weights = [local(p) for p in params]
-        if decay:
-            torch._foreach_mul_(weights, 1 - decay)
-        for layout, weight, direction in zip(layouts, weights, directions):
+            return group["lr"] / peak if peak > 0 else 0.0
+        return group["lr"]
+
+    def _muon_scales(self, index, group, params) -> list[float]:
+        layouts, _, _ = self._plan(index, group, params, need_work=False)
+        scales = []
+        for layout in layouts:
             fan_out, fan_in = layout.rows, layout.cols
             if group["transposed"]:
                 fan_out, fan_in = fan_in, fan_out
             if group["scale"] == "spectral":
-                scale = math.sqrt(fan_out / fan_in)
+                scales.append(math.sqrt(fan_out / fan_in))
             elif group["scale"] == "torch":
-                scale = math.sqrt(max(1.0, layout.rows / layout.cols))
+                scales.append(math.sqrt(max(1.0, layout.rows / layout.cols)))
             else:
-                scale = 1.0
-            weight.add_(direction.to(weight.dtype), alpha=-lr * scale)
+                scales.append(1.0)
+        return scales
 
     # -- inspection ---------------------------------------------------------------------------
 
@@ -552,7 +521,7 @@ class Muon(GroupedOptimizer):
             "ns_coefficients": "keller_jordan",
             "ns_dtype": torch.bfloat16,
             "scale": "torch",
-            "decay": "coupled",
+            "decay": "decoupled",
             **kw,
         }
         return cls(params, lr=lr, weight_decay=weight_decay, **options)

@@ -149,8 +149,8 @@ class MatrixLayout:
     def view(self, tensor: torch.Tensor) -> torch.Tensor:
         """``(local slices, local rows, cols)`` view of this rank's part of the parameter."""
         # view, not reshape: in-place updates must land in the parameter (never in a copy).
-        if self.split:
-            return tensor.view(1, tensor.shape[0], self.cols)
+        if self.split:  # (also when ``tensor`` is such a view already)
+            return tensor.view(1, tensor.numel() // self.cols, self.cols)
         return tensor.view(tensor.numel() // (self.rows * self.cols), self.rows, self.cols)
 
 
@@ -165,6 +165,25 @@ class StepStats:
 
 
 Unit = tuple[int, int]  # (parameter index in the group, slice index)
+
+# Most elements one bucket of the exchange holds (16 MB of fp32): small enough that the owners'
+# Newton-Schulz of one bucket overlaps the exchange of the next, large enough for few calls.
+BUCKET_ELEMENTS = 1 << 22
+
+
+def _buckets(units: list[Unit], layouts: list[MatrixLayout]) -> list[list[Unit]]:
+    """Units in buckets of one matrix shape each (Newton-Schulz batches a bucket in one call),
+    cut at ``BUCKET_ELEMENTS``; smallest matrices first, so that the first exchange, which
+    nothing overlaps, is short."""
+    by_shape: dict[tuple[int, int], list[Unit]] = defaultdict(list)
+    for unit in units:
+        layout = layouts[unit[0]]
+        by_shape[(layout.rows, layout.cols)].append(unit)
+    buckets = []
+    for (rows, cols), members in sorted(by_shape.items(), key=lambda item: item[0][0] * item[0][1]):
+        per_bucket = max(1, BUCKET_ELEMENTS // (rows * cols))
+        buckets += [members[i : i + per_bucket] for i in range(0, len(members), per_bucket)]
+    return buckets
 
 
 class WorkPlan:
@@ -194,6 +213,7 @@ class WorkPlan:
         self.units = sorted(units)
         self.split_units = [u for u in self.units if layouts[u[0]].split]
         self.mine = [u for u in self.units if self.owner[u] == grid.rank]
+        self.buckets = _buckets(self.units, layouts)
 
     def replica_of(self, unit: Unit) -> int:
         return self.owner[unit] // self.grid.shard_size
@@ -223,40 +243,44 @@ def _piece(views: list[torch.Tensor], plan: WorkPlan, unit: Unit) -> torch.Tenso
     return views[index][slice_index - first]
 
 
-def _all_to_all(
-    send: list[list[torch.Tensor]],
-    receive_sizes: list[list[int]],
-    grid: Grid,
-    like: torch.Tensor,
-    stats: StepStats,
-) -> list[list[torch.Tensor]]:
-    """Send ``send[d]`` (flat pieces) to shard ``d``; return the flat pieces from each shard."""
-    flat = [p.reshape(-1).to(like.dtype) for pieces in send for p in pieces]
-    send_buffer = torch.cat(flat) if flat else like.new_empty(0)
-    in_splits = [sum(p.numel() for p in pieces) for pieces in send]
-    out_splits = [sum(sizes) for sizes in receive_sizes]
-    receive = like.new_empty(sum(out_splits))
-    dist.all_to_all_single(receive, send_buffer, out_splits, in_splits, group=grid.shard_group)
-    me, size = grid.shard_rank, like.element_size()  # what stays on this rank is not traffic
-    stats.sent_bytes += (sum(in_splits) - in_splits[me]) * size
-    stats.received_bytes += (sum(out_splits) - out_splits[me]) * size
-    out, offset = [], 0
-    for sizes in receive_sizes:
-        pieces = []
-        for size in sizes:
-            pieces.append(receive[offset : offset + size])
-            offset += size
-        out.append(pieces)
-    return out
+class _Exchange:
+    """One all-to-all over the shard group, started asynchronously: ``send[d]`` (flat pieces)
+    goes to shard ``d``; :meth:`wait` returns the flat pieces received from each shard."""
+
+    def __init__(self, send, receive_sizes, grid: Grid, like: torch.Tensor, stats: StepStats):
+        flat = [p.reshape(-1).to(like.dtype) for pieces in send for p in pieces]
+        self.send_buffer = torch.cat(flat) if flat else like.new_empty(0)
+        in_splits = [sum(p.numel() for p in pieces) for pieces in send]
+        out_splits = [sum(sizes) for sizes in receive_sizes]
+        self.receive = like.new_empty(sum(out_splits))
+        self.receive_sizes = receive_sizes
+        self.work = dist.all_to_all_single(
+            self.receive, self.send_buffer, out_splits, in_splits, group=grid.shard_group,
+            async_op=True,
+        )  # fmt: skip
+        me, size = grid.shard_rank, self.receive.element_size()  # what stays is not traffic
+        stats.sent_bytes += (sum(in_splits) - in_splits[me]) * size
+        stats.received_bytes += (sum(out_splits) - out_splits[me]) * size
+
+    def wait(self) -> list[list[torch.Tensor]]:
+        self.work.wait()
+        flat = self.receive.split([n for sizes in self.receive_sizes for n in sizes])
+        out, start = [], 0
+        for sizes in self.receive_sizes:
+            out.append(list(flat[start : start + len(sizes)]))
+            start += len(sizes)
+        return out
 
 
-def _gather_split_matrices(plan: WorkPlan, views, like, stats) -> dict[Unit, torch.Tensor]:
-    """Whole matrices of the split units this rank owns, assembled from every shard's rows."""
+def _start_gather(plan: WorkPlan, bucket: list[Unit], views, like, stats) -> _Exchange | None:
+    """Send this rank's rows of the bucket's split units to their owners (None: nothing to
+    exchange, on every rank alike)."""
     grid = plan.grid
-    mine = [u for u in plan.split_units if plan.owner[u] == grid.rank]
-    if grid.shard_size == 1:
-        return {u: _piece(views, plan, u) for u in mine}
-    ours = [u for u in plan.split_units if plan.replica_of(u) == grid.replica_rank]
+    split = [u for u in bucket if plan.layouts[u[0]].split]
+    if grid.shard_size == 1 or not split:
+        return None
+    ours = [u for u in split if plan.replica_of(u) == grid.replica_rank]
+    mine = [u for u in split if plan.owner[u] == grid.rank]
     send = [
         [_piece(views, plan, u) for u in ours if plan.shard_of(u) == d]
         for d in range(grid.shard_size)
@@ -265,35 +289,46 @@ def _gather_split_matrices(plan: WorkPlan, views, like, stats) -> dict[Unit, tor
         [plan.layouts[u[0]].rows_on(s) * plan.layouts[u[0]].cols for u in mine]
         for s in range(grid.shard_size)
     ]
-    received = _all_to_all(send, sizes, grid, like, stats)
-    whole = {}
-    for k, unit in enumerate(mine):
+    return _Exchange(send, sizes, grid, like, stats)
+
+
+def _whole_matrices(plan: WorkPlan, bucket, views, gather, like) -> dict[Unit, torch.Tensor]:
+    """The bucket's matrices this rank owns, whole: split ones assembled from every shard's rows
+    (``gather``'s result), bank slices from this rank's own part."""
+    grid = plan.grid
+    mine = [u for u in bucket if plan.owner[u] == grid.rank]
+    received = gather.wait() if gather is not None else None
+    whole, k = {}, 0
+    for unit in mine:
         layout = plan.layouts[unit[0]]
-        rows = [received[s][k].view(layout.rows_on(s), layout.cols) for s in range(grid.shard_size)]
-        whole[unit] = torch.cat(rows)
+        if layout.split and received is not None:
+            rows = [
+                received[s][k].view(layout.rows_on(s), layout.cols) for s in range(grid.shard_size)
+            ]
+            whole[unit] = torch.cat(rows)
+            k += 1
+        else:
+            whole[unit] = _piece(views, plan, unit).to(like.dtype)
     return whole
 
 
-def _scatter_split_results(plan: WorkPlan, results, like, stats) -> dict[Unit, torch.Tensor]:
-    """Each rank's rows of the orthogonalized split units its replica owns."""
+def _start_scatter(plan: WorkPlan, bucket, results, like, stats) -> _Exchange | None:
+    """Send every rank its rows of the bucket's orthogonalized split units this rank owns."""
     grid = plan.grid
-    mine = [u for u in plan.split_units if plan.owner[u] == grid.rank]
-    if grid.shard_size == 1:
-        return {u: results[u] for u in mine}
-    send = []
-    for d in range(grid.shard_size):
-        pieces = []
-        for unit in mine:
-            start, end = plan.layouts[unit[0]].row_ranges[d]
-            pieces.append(results[unit][start:end])
-        send.append(pieces)
-    ours = [u for u in plan.split_units if plan.replica_of(u) == grid.replica_rank]
+    split = [u for u in bucket if plan.layouts[u[0]].split]
+    if grid.shard_size == 1 or not split:
+        return None
+    mine = [u for u in split if plan.owner[u] == grid.rank]
+    send = [
+        [results[u][slice(*plan.layouts[u[0]].row_ranges[d])] for u in mine]
+        for d in range(grid.shard_size)
+    ]
+    ours = [u for u in split if plan.replica_of(u) == grid.replica_rank]
     by_shard = [[u for u in ours if plan.shard_of(u) == s] for s in range(grid.shard_size)]
     sizes = [[plan.size_here(u) for u in units] for units in by_shard]
-    received = _all_to_all(send, sizes, grid, like, stats)
-    return {
-        u: piece for units, pieces in zip(by_shard, received) for u, piece in zip(units, pieces)
-    }
+    exchange = _Exchange(send, sizes, grid, like, stats)
+    exchange.units = by_shard
+    return exchange
 
 
 def _exchange_replicas(plan: WorkPlan, results, like, stats) -> dict[Unit, torch.Tensor]:
@@ -308,7 +343,7 @@ def _exchange_replicas(plan: WorkPlan, results, like, stats) -> dict[Unit, torch
     buffer = like.new_zeros(width)
     if mine:
         torch.cat(mine, out=buffer[: lengths[grid.replica_rank]])
-    gathered = like.new_empty(width * grid.replica_size)
+    gathered = buffer.new_empty(width * grid.replica_size)
     dist.all_gather_single(gathered, buffer, group=grid.replica_group)
     others = grid.replica_size - 1  # this rank's results reach each other replica once
     stats.sent_bytes += others * lengths[grid.replica_rank] * buffer.element_size()
@@ -329,29 +364,37 @@ def orthogonalize(
     newton_schulz: Callable[[torch.Tensor], torch.Tensor],
     stats: StepStats,
     group_index: int = 0,
+    dtype: torch.dtype | None = None,
 ) -> list[torch.Tensor]:
     """Newton-Schulz of every matrix of ``updates`` (this rank's parts), done by the owners.
 
-    Returns, for each parameter, the orthogonalized update restricted to this rank's part, in the
-    shape of that part.
+    Matrices travel in ``dtype`` (Newton-Schulz's working precision; default the updates'),
+    bucket by bucket: while the owners orthogonalize one bucket, the rows of the next are on
+    their way and the results of the last on their way back. Returns, for each parameter, the
+    orthogonalized update restricted to this rank's part, in the shape and dtype of that part.
     """
+    like = updates[0].new_empty(0, dtype=dtype or updates[0].dtype)
     views = [layout.view(u) for layout, u in zip(plan.layouts, updates)]
-    like = updates[0]
-    whole = _gather_split_matrices(plan, views, like, stats)
-    for unit in plan.mine:
-        if not plan.layouts[unit[0]].split:
-            whole[unit] = _piece(views, plan, unit)
     results: dict[Unit, torch.Tensor] = {}
-    by_shape: dict[tuple[int, int], list[Unit]] = defaultdict(list)
-    for unit in plan.mine:
-        by_shape[tuple(whole[unit].shape)].append(unit)
-    for shape, units in by_shape.items():
-        stacked = torch.stack([whole[u] for u in units])
-        for unit, result in zip(units, newton_schulz(stacked).unbind(0)):
-            results[unit] = result
-        stats.ns_flops += len(units) * ns_flops(*shape, plan.ns_steps)
-        stats.orthogonalized += [(group_index, *u) for u in units]
-    results.update(_scatter_split_results(plan, results, like, stats))
+    scatters: list[_Exchange] = []
+    gather = _start_gather(plan, plan.buckets[0], views, like, stats) if plan.buckets else None
+    for k, bucket in enumerate(plan.buckets):
+        whole = _whole_matrices(plan, bucket, views, gather, like)
+        if k + 1 < len(plan.buckets):  # in flight while this bucket is orthogonalized
+            gather = _start_gather(plan, plan.buckets[k + 1], views, like, stats)
+        if whole:  # one shape per bucket: one batched call
+            units = list(whole)
+            stacked = newton_schulz(torch.stack([whole[u] for u in units]))
+            results.update(zip(units, stacked.unbind(0)))
+            shape = tuple(whole[units[0]].shape)
+            stats.ns_flops += len(units) * ns_flops(*shape, plan.ns_steps)
+            stats.orthogonalized += [(group_index, *u) for u in units]
+        scatter = _start_scatter(plan, bucket, results, like, stats)
+        if scatter is not None:
+            scatters.append(scatter)
+    for scatter in scatters:
+        for units, pieces in zip(scatter.units, scatter.wait()):
+            results.update(zip(units, pieces))
     results = _exchange_replicas(plan, results, like, stats)
     outputs = []
     for index, (layout, update) in enumerate(zip(plan.layouts, updates)):

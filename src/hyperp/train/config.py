@@ -52,6 +52,7 @@ NON_TRAJECTORY_KEYS = frozenset(
         "nproc",
         "peak_flops",
         "compile",
+        "activation_checkpointing",
         "device",
         "distributed",
         "shard_size",
@@ -148,6 +149,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
     distributed: str = "ddp"
     shard_size: int = 0
     async_checkpoint: bool = False

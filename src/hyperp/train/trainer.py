@@ -38,6 +38,7 @@ from hyperp import monitor
 from hyperp.data import Corpus, TrainLoader, default_corpus, open_corpus, validation_batches
 from hyperp.fileio import atomic_write_json, atomic_write_text
 from hyperp.model import Transformer
+from hyperp.model.transformer import checkpoint_blocks
 from hyperp.optim import GroupedOptimizer, build_optimizer
 from hyperp.optim.roles import assign_roles
 from hyperp.rules import lr_schedule
@@ -91,10 +92,13 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _precision(name: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16 by default on CUDA; fp32 (no autocast) on CPU unless asked."""
+def _precision(
+    name: str, device: torch.device, cpu_auto: torch.dtype | None = None
+) -> torch.dtype | None:
+    """Autocast dtype: bf16 by default on CUDA; on a CPU, ``cpu_auto`` (bf16 where this CPU
+    measured it faster, see :mod:`hyperp.optim.precision`; else fp32, no autocast)."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        return torch.bfloat16 if device.type == "cuda" else cpu_auto
     return torch.bfloat16 if name == "bf16" else None
 
 
@@ -294,10 +298,22 @@ class Trainer:
         bf16 = self.dist.broadcast_int(int(dtype == torch.bfloat16) if self.dist.is_main else 0)
         return ("bf16" if bf16 else "fp32"), why
 
+    def _cpu_autocast(self, config: RunConfig) -> tuple[torch.dtype | None, str]:
+        """bf16 autocast for ``train.precision = "auto"`` on a CPU that runs it faster (rank 0
+        decides, as for Newton-Schulz); a note for the log."""
+        if config.train.precision != "auto" or self.dist.device.type != "cpu":
+            return None, ""
+        from hyperp.optim.precision import cpu_autocast_choice
+
+        dtype, why = cpu_autocast_choice() if self.dist.is_main else (None, "")
+        bf16 = self.dist.broadcast_int(int(dtype == torch.bfloat16) if self.dist.is_main else 0)
+        return (torch.bfloat16 if bf16 else None), f"; {why}"
+
     def _build(self, config: RunConfig, plan: RunPlan) -> _Run:
         train, dist = config.train, self.dist
         torch.manual_seed(train.seed)  # identical initial weights on every rank
         model = Transformer(config.model).to(dist.device)
+        checkpoint_blocks(model, train.activation_checkpointing)
         roles = {info.name: info.role for info in assign_roles(model)}  # before sharding
         shard_size = train.shard_size or int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
         parallel = parallelize(model, dist, train.distributed, shard_size)
@@ -336,7 +352,8 @@ class Trainer:
             log=log.info,
             keep_steps=self.keep_steps,
         )
-        dtype, device_type = _precision(train.precision, dist.device), dist.device.type
+        cpu_auto, autocast_note = self._cpu_autocast(config)
+        dtype, device_type = _precision(train.precision, dist.device, cpu_auto), dist.device.type
 
         def autocast():
             if dtype is None:
@@ -347,7 +364,7 @@ class Trainer:
             config, plan, self._corpus, model, module, optimizer, scheduler, loader, counters,
             checkpointer, log, None, autocast, _peak_flops(config, dist.device),
         )  # fmt: skip
-        self._write_run_files(run, ns_reason)
+        self._write_run_files(run, f"{ns_reason}{autocast_note}")
         return run
 
     def _write_run_files(self, run: _Run, precision_note: str) -> None:
