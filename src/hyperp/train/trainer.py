@@ -39,7 +39,7 @@ from hyperp.data import Corpus, TrainLoader, default_corpus, open_corpus, valida
 from hyperp.fileio import atomic_write_json, atomic_write_text
 from hyperp.model import Transformer
 from hyperp.optim import GroupedOptimizer, build_optimizer
-from hyperp.optim.roles import assign_roles
+from hyperp.optim.roles import role_map
 from hyperp.rules import lr_schedule
 from hyperp.train.checkpoint import Checkpointer, CheckpointError, list_checkpoints, root_cause
 from hyperp.train.config import NON_TRAJECTORY_KEYS, RunConfig, RunPlan
@@ -295,7 +295,7 @@ class Trainer:
         train, dist = config.train, self.dist
         torch.manual_seed(train.seed)  # identical initial weights on every rank
         model = Transformer(config.model).to(dist.device)
-        roles = {info.name: info.role for info in assign_roles(model)}  # before sharding
+        roles = role_map(model)  # before sharding, which drops what tensors carry
         shard_size = train.shard_size or int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
         parallel = parallelize(model, dist, train.distributed, shard_size)
         module = torch.compile(parallel.module) if train.compile else parallel.module
