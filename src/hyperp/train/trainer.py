@@ -44,6 +44,7 @@ from hyperp.rules import lr_schedule
 from hyperp.train.checkpoint import Checkpointer, CheckpointError, list_checkpoints, root_cause
 from hyperp.train.config import NON_TRAJECTORY_KEYS, RunConfig, RunPlan
 from hyperp.train.distributed import Distributed, parallelize, setup_distributed
+from hyperp.train.initial import check_initial_weights, load_initial_weights
 from hyperp.train.rundir import RunLock
 from hyperp.train.sinks import RunLog, Sinks, open_sinks
 from hyperp.train.state import ModelState, OptimizerState, RNGState, RunCounters
@@ -258,6 +259,8 @@ class Trainer:
                 f"train.batch_size {train.batch_size} must be a multiple of processes x "
                 f"grad_accum = {world} x {train.grad_accum}"
             )
+        if train.init_from:  # the weights fit the model, checked before any file is written
+            check_initial_weights(train.init_from, config.model)
         has_run = (self.out_dir / "metrics.jsonl").exists() or any(self.checkpoint_dir.glob("*"))
         if self.resume == "must" and not list_checkpoints(self.checkpoint_dir):
             raise FileNotFoundError(
@@ -295,6 +298,8 @@ class Trainer:
         train, dist = config.train, self.dist
         torch.manual_seed(train.seed)  # identical initial weights on every rank
         model = Transformer(config.model).to(dist.device)
+        if train.init_from:  # before the optimizer, which takes the radii from the weights
+            load_initial_weights(model, train.init_from, config.model)
         roles = role_map(model)  # before sharding, which drops what tensors carry
         shard_size = train.shard_size or int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
         parallel = parallelize(model, dist, train.distributed, shard_size)
