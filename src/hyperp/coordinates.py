@@ -18,14 +18,12 @@ Three lines for a Hugging Face config::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -330,26 +328,6 @@ def coord_check_module(
     return result
 
 
-def _read_hf_config(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]:
-    """A config dict, or a local ``config.json`` (or a directory holding one), read as JSON."""
-    if isinstance(config, Mapping):
-        data = dict(config)
-    else:
-        path = Path(config)
-        path = path / "config.json" if path.is_dir() else path
-        if not path.is_file():
-            raise ValueError(f"{path}: no such file; give a config.json or a directory holding one")
-        try:
-            data = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path} is not a JSON config ({error})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
-        raise ValueError(
-            "a Hugging Face config needs a 'model_type' (e.g. 'llama', 'qwen3', 'gpt2')"
-        )
-    return data
-
-
 _INTERMEDIATE_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "moe_intermediate_size")
 
 
@@ -360,16 +338,12 @@ def hf_factory(config: Mapping[str, Any] | str | os.PathLike) -> Factory:
     Width and depth replace ``hidden_size`` and ``num_hidden_layers``; the head dimension, the
     ratio of query to key-value heads and the MLP's expansion ratio are kept.
     """
-    try:
-        from transformers import AutoConfig, AutoModelForCausalLM
-    except ImportError:
-        raise ValueError(
-            "checking a Hugging Face model needs transformers: pip install 'hyperp[hf]'"
-        ) from None
+    from hyperp.hf import read_hf_config, require_transformers
 
-    data = _read_hf_config(config)
+    transformers = require_transformers()
+    data = read_hf_config(config)
     model_type = data.pop("model_type")
-    base = AutoConfig.for_model(model_type, **data)
+    base = transformers.AutoConfig.for_model(model_type, **data)
     width0, heads0 = base.hidden_size, base.num_attention_heads
     head_dim = getattr(base, "head_dim", None) or width0 // heads0
     kv0 = getattr(base, "num_key_value_heads", None)
@@ -377,7 +351,7 @@ def hf_factory(config: Mapping[str, Any] | str | os.PathLike) -> Factory:
     def make(width: int, depth: int) -> nn.Module:
         if width % head_dim:
             raise ValueError(f"width {width} is not a multiple of the head dimension {head_dim}")
-        scaled = AutoConfig.for_model(model_type, **data)
+        scaled = transformers.AutoConfig.for_model(model_type, **data)
         heads = width // head_dim
         scaled.hidden_size, scaled.num_hidden_layers = width, depth
         scaled.num_attention_heads = heads
@@ -388,7 +362,7 @@ def hf_factory(config: Mapping[str, Any] | str | os.PathLike) -> Factory:
         for key in _INTERMEDIATE_KEYS:
             if isinstance(getattr(base, key, None), int):
                 setattr(scaled, key, round(getattr(base, key) * width / width0))
-        return AutoModelForCausalLM.from_config(scaled)
+        return transformers.AutoModelForCausalLM.from_config(scaled)
 
     make.config = base  # type: ignore[attr-defined]  # e.g. its vocab_size for token batches
     return make
