@@ -267,3 +267,7 @@ def test_the_model_package_does_not_import_the_optimizer_package():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+    # the roles themselves are plain data: no torch
+    code = "import sys, hyperp.roles; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
