@@ -124,3 +124,19 @@ def test_one_process_and_fsdp2_on_two_ranks_agree(tmp_path):
         assert result["losses"][-1] < result["losses"][0], (name, result)  # it trains
     assert results["llama"]["roles"] == ["embedding", "head", "matrix", "vector"]
     assert "head" not in results["gpt2"]["roles"]  # tied: trained as the embedding
+
+
+def test_a_local_directory_loads_with_its_weights(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    saved = build_hf_model(CONFIGS["llama"])
+    saved.save_pretrained(tmp_path / "llama")
+    torch.manual_seed(1)
+    loaded = build_hf_model(tmp_path / "llama")
+    for (name, a), (_, b) in zip(saved.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    (tmp_path / "bare").mkdir()  # a config without weights: initialized as transformers does
+    (tmp_path / "bare" / "config.json").write_text(json.dumps(CONFIGS["llama"]))
+    fresh = build_hf_model(tmp_path / "bare")
+    assert not torch.equal(fresh.lm_head.weight, saved.lm_head.weight)
