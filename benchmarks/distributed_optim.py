@@ -38,14 +38,14 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from hyperp.optim import build_optimizer
-    from hyperp.optim.roles import assign_roles
+    from hyperp.optim.roles import role_map
     from hyperp.train.distributed import parallelize, setup_distributed
 
     torch.set_num_threads(1)
     env = setup_distributed(args.device)
     torch.manual_seed(0)
     model = Transformer(model_config(args.depth, args.width)).to(env.device)
-    roles = {info.name: info.role for info in assign_roles(model)}
+    roles = role_map(model)
     strategy = args.strategy if env.world_size > 1 else "single"
     parallel = parallelize(model, env, strategy, shard_size=2)
     optimizer = build_optimizer(

@@ -16,7 +16,7 @@ from torch.distributed.tensor import DTensor
 
 from hyperp.model import ModelConfig, Transformer
 from hyperp.optim import build_optimizer
-from hyperp.optim.roles import assign_roles
+from hyperp.optim.roles import role_map
 from hyperp.optim.sharding import MatrixLayout, ns_flops
 from hyperp.train.distributed import parallelize, setup_distributed
 
@@ -46,7 +46,7 @@ def run(args, dist, kind: str) -> None:
     )  # fmt: skip
     torch.manual_seed(args.seed)
     model = Transformer(config)
-    roles = {info.name: info.role for info in assign_roles(model)}
+    roles = role_map(model)
     # What one process would hold: the same optimizer over an unsharded copy.
     options = {"lr": 0.02, "ns_dtype": args.ns_dtype}
     single_bytes = build_optimizer(copy.deepcopy(model), "hyperp", **options).state_bytes()

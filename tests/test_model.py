@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import hyperp.monitor
 from hyperp.model import ModelConfig, ModelOutput, Transformer
 from hyperp.model.transformer import apply_rope, rope_tables
-from hyperp.optim.roles import Role, assign_roles, get_role
+from hyperp.optim.roles import Role, assign_roles
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -110,10 +110,11 @@ def test_analytic_count_equals_allocated_count(overrides):
     assert Transformer(config).num_params() == config.num_params()
 
 
-def test_every_parameter_carries_its_role():
+def test_the_model_names_every_parameters_role():
     model = Transformer(tiny(moe_sparsity=2, moe_granularity=2, moe_shared_expert=True))
-    roles = {name: get_role(p) for name, p in model.named_parameters()}
-    assert all(role is not None for role in roles.values()), roles
+    named = model.parameter_roles()
+    assert sorted(named) == sorted(name for name, _ in model.named_parameters())
+    roles = {name: spec.role for name, spec in named.items()}
     assert roles["head.weight"] is Role.HEAD
     assert roles["embedding.weight"] is Role.EMBEDDING
     assert roles["final_norm.weight"] is Role.VECTOR

@@ -236,3 +236,71 @@ def test_the_trainer_gives_the_head_its_configured_lr(corpus, tmp_path):
     assert not torch.equal(runs["plain"][head], runs["larger"][head])
     with pytest.raises(ValueError, match="optim.head_lr must be positive"):
         load_config(None, {"optim.head_lr": -1.0})
+
+
+def test_roles_by_name_carry_layout_and_transposition():
+    from hyperp.optim import ParamRole, role_map
+
+    model = nn.Sequential(nn.Linear(8, 6, bias=False), nn.Linear(6, 8))
+    model.register_parameter("bank", nn.Parameter(torch.randn(6, 2, 3)))
+    roles = {
+        "0.weight": {"role": "matrix", "transposed": True},  # a TOML-table form
+        "bank": ParamRole("matrix", layout="flatten"),
+        "1.bias": "vector",
+    }
+    infos = {info.name: info for info in assign_roles(model, roles=roles)}
+    assert infos["0.weight"].transposed and infos["0.weight"].layout == "batch"
+    assert infos["bank"].layout == "flatten" and not infos["bank"].transposed
+    assert not infos["1.weight"].transposed and infos["1.weight"].reason == "2-D"
+    # role_map resolves everything to plain data that feeds back unchanged.
+    resolved = role_map(model, roles=roles)
+    assert resolved["0.weight"] == ParamRole("matrix", "batch", True)
+    assert resolved["bank"] == ParamRole("matrix", "flatten", False)
+    assert role_map(model, roles=resolved) == resolved
+    groups = {
+        (g["layout"], g["transposed"]): g["param_names"] for g in param_groups(model, roles=roles)
+    }
+    assert groups[("flatten", False)] == ["bank"] and groups[("batch", True)] == ["0.weight"]
+    for bad, message in [
+        ({"role": "matrix", "layout": "rows"}, "layout must be 'batch' or 'flatten'"),
+        ({"role": "matrix", "transposed": "yes"}, "transposed must be True or False"),
+        ({"layout": "batch"}, "a role entry needs 'role'"),
+        ("matrixx", "unknown parameter role"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            assign_roles(model, roles={"0.weight": bad})
+
+
+def test_a_models_own_role_mapping_is_used_and_set_role_still_wins():
+    class Named(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4, bias=False)
+            self.b = nn.Linear(4, 4, bias=False)
+
+        def parameter_roles(self):
+            return {"a.weight": {"role": "matrix", "transposed": True}, "b.weight": "head"}
+
+    model = Named()
+    infos = {info.name: info for info in assign_roles(model)}
+    assert infos["a.weight"].transposed and infos["a.weight"].reason == "set by the model"
+    assert infos["b.weight"].role is Role.HEAD
+    set_role(model.b.weight, "vector")
+    assert {i.name: i.role for i in assign_roles(model)}["b.weight"] is Role.VECTOR
+
+
+def test_the_model_package_does_not_import_the_optimizer_package():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from hyperp.model import ModelConfig, Transformer; "
+        "Transformer(ModelConfig(depth=1, width=32, head_dim=16, vocab_size=32, context=8)); "
+        "print(sorted(m for m in sys.modules if m.startswith('hyperp.optim')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    # the roles themselves are plain data: no torch
+    code = "import sys, hyperp.roles; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

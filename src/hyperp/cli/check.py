@@ -25,6 +25,10 @@ def register(sub) -> None:
             "the head-init width rule (docs/method.md §3) and are shown but not part of the verdict.\n"
             "Any other model field is set as in hyperp train: --model.KEY VALUE, e.g.\n"
             "--model.head_init_rule inverse_width --model.qk_norm false.\n"
+            "With --hf-config, the family is a Hugging Face causal LM built from a local\n"
+            "config.json (width and depth replace hidden_size and num_hidden_layers; head size,\n"
+            "query/key-value ratio and MLP ratio are kept) and every submodule's output RMS is\n"
+            "recorded through forward hooks, grouped by kind (model.layers.*.mlp.down_proj).\n"
             "Exit status 0 when every hidden curve is flat, 1 otherwise."
         ),
     )
@@ -41,6 +45,11 @@ def register(sub) -> None:
     parser.add_argument("--head-dim", type=int, default=16)
     parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--hf-config",
+        metavar="PATH",
+        help="check a Hugging Face causal LM family: a config.json or a directory holding one",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--plot", metavar="PNG", help="write RMS-vs-width plots here")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -59,11 +68,37 @@ def _model_overrides(items: list[str]) -> dict:
     return overrides
 
 
+def _hf_check(args):
+    from hyperp.coordinates import coord_check_module, hf_factory
+
+    if args.overrides:
+        raise UserError("--model.KEY options set the project's own model; edit the --hf-config")
+    try:
+        make = hf_factory(args.hf_config)
+        return coord_check_module(
+            make,
+            args.widths,
+            args.depths,
+            method=args.method,
+            lr=args.lr,
+            steps=args.steps,
+            vocab_size=make.config.vocab_size,
+            batch=args.batch,
+            context=args.context,
+            seed=args.seed,
+        )
+    except ValueError as error:
+        raise UserError(f"--hf-config {args.hf_config}: {error}") from None
+
+
 def run(args) -> int:
     from hyperp.model.coord_check import coord_check
 
     if any(w < 1 for w in args.widths) or any(d < 1 for d in args.depths):
         raise UserError("widths and depths must be positive integers")
+    if args.hf_config:
+        result = _hf_check(args)
+        return _report(args, result, result.not_flat(), "every module's output")
     result = coord_check(
         widths=args.widths,
         depths=args.depths,
@@ -79,9 +114,12 @@ def run(args) -> int:
         model_overrides=_model_overrides(args.overrides),
         device=args.device,
     )
+    return _report(args, result, result.not_flat(include_logits=False), "every hidden activation")
+
+
+def _report(args, result, not_flat: dict, what: str) -> int:
     if args.plot:
         result.plot(args.plot)
-    not_flat = result.not_flat(include_logits=False)
     if args.json:
         out = result.to_dict()
         out["flat"] = not not_flat
@@ -93,7 +131,7 @@ def run(args) -> int:
             names = ", ".join(f"d{depth} {quantity}" for depth, quantity in not_flat)
             print(f"NOT FLAT: {names}")
         else:
-            print("flat: every hidden activation is width-independent within the tolerance")
+            print(f"flat: {what} is width-independent within the tolerance")
         if args.plot:
             print(f"plot written to {args.plot}")
     return 1 if not_flat else 0

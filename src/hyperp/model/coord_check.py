@@ -34,7 +34,9 @@ __all__ = [
     "METHODS",
     "CoordCheckResult",
     "coord_check",
+    "fit_slope",
     "markov_batches",
+    "method_optimizer",
 ]
 
 METHODS = ("hyperp", "muon", "adamw", "sp-adamw")
@@ -94,7 +96,7 @@ class CoordCheckResult:
                 if quantity == "loss" or len(by_width) < 2:
                     continue
                 widths = sorted(by_width)
-                out[(depth, quantity)] = _slope(
+                out[(depth, quantity)] = fit_slope(
                     [math.log(w) for w in widths], [math.log(by_width[w]) for w in widths]
                 )
         return out
@@ -113,7 +115,7 @@ class CoordCheckResult:
                 if width in last:
                     points.append((math.log(depth), math.log(last[width])))
             if len(points) >= 2:
-                out[width] = _slope([p[0] for p in points], [p[1] for p in points])
+                out[width] = fit_slope([p[0] for p in points], [p[1] for p in points])
         return out
 
     def not_flat(
@@ -268,11 +270,7 @@ def coord_check(
                 config = replace(config, logit_multiplier=result.depths[0] / depth)
             torch.manual_seed(seed)
             model = Transformer(config).to(device)
-            depth_ratio = result.depths[0] / depth
-            # Depth transfer (docs/method.md §4, §2.5): HyperP and Muon scale the LR by sqrt(d0/d);
-            # the AdamW baseline scales matrix LRs by d0/d inside build_optimizer.
-            depth_lr = lr * math.sqrt(depth_ratio) if method in ("hyperp", "muon") else lr
-            optimizer = _optimizer(model, method, depth_lr, depth_ratio=depth_ratio)
+            optimizer = method_optimizer(model, method, lr, depth_ratio=result.depths[0] / depth)
             for step in range(steps + 1):
                 tokens = batches[step].to(device)
                 inputs, targets = tokens[:, :-1], tokens[:, 1:]
@@ -291,12 +289,21 @@ def coord_check(
     return result
 
 
-def _optimizer(model: Transformer, method: str, lr: float, *, depth_ratio: float):
+def method_optimizer(
+    model: torch.nn.Module, method: str, lr: float, *, depth_ratio: float = 1.0, **options
+) -> torch.optim.Optimizer:
+    """The optimizer a coordinate check trains ``model`` with, ``lr`` being the LR at the base
+    depth ``d0`` and ``depth_ratio = d0/d``. Depth transfer (docs/method.md §4, §2.5): HyperP and Muon
+    scale the LR by sqrt(d0/d); the AdamW baseline scales matrix LRs by d0/d inside
+    build_optimizer; ``sp-adamw`` is one plain AdamW. ``options`` go to build_optimizer."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if method == "sp-adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    from hyperp.optim import build_optimizer
+    from hyperp.optim import build_optimizer  # the model package itself never needs it
 
-    return build_optimizer(model, method=method, lr=lr, depth_ratio=depth_ratio)
+    depth_lr = lr * math.sqrt(depth_ratio) if method in ("hyperp", "muon") else lr
+    return build_optimizer(model, method=method, lr=depth_lr, depth_ratio=depth_ratio, **options)
 
 
 @torch.no_grad()
@@ -333,7 +340,8 @@ def _ordered(values: dict) -> list[str]:
     return sorted((q for q in values if q != "loss"), key=key)
 
 
-def _slope(x: list[float], y: list[float]) -> float:
+def fit_slope(x: list[float], y: list[float]) -> float:
+    """Least-squares slope of y against x."""
     mean_x, mean_y = sum(x) / len(x), sum(y) / len(y)
     numerator = sum((a - mean_x) * (b - mean_y) for a, b in zip(x, y))
     denominator = sum((a - mean_x) ** 2 for a in x)

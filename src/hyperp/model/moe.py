@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyperp.model.config import ModelConfig
-from hyperp.optim.roles import Role, set_role
 
 __all__ = ["MoE", "SwiGLU", "expert_swiglu", "load_balancing_loss"]
 
@@ -30,8 +29,6 @@ class SwiGLU(nn.Module):
         self.gate = nn.Linear(width, hidden, bias=False)
         self.up = nn.Linear(width, hidden, bias=False)
         self.down = nn.Linear(hidden, width, bias=False)
-        for linear in (self.gate, self.up, self.down):
-            set_role(linear.weight, Role.MATRIX)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.silu(self.gate(x)) * self.up(x))
@@ -192,12 +189,9 @@ class MoE(nn.Module):
         self.balance_weight = config.moe_balance_weight
         self.global_balance = config.moe_global_balance
         self.router = nn.Linear(config.width, self.n_routed, bias=False)
-        set_role(self.router.weight, Role.MATRIX)
         self.w_gate = nn.Parameter(torch.empty(self.n_routed, self.hidden, config.width))
         self.w_up = nn.Parameter(torch.empty(self.n_routed, self.hidden, config.width))
         self.w_down = nn.Parameter(torch.empty(self.n_routed, config.width, self.hidden))
-        for bank in (self.w_gate, self.w_up, self.w_down):
-            set_role(bank, Role.MATRIX, layout="batch")
         self.shared = SwiGLU(config.width, self.hidden) if config.moe_shared_expert else None
         self._hyperp_monitor = None  # set by hyperp.monitor.collect on logging steps only
         self.reset_parameters()

@@ -2,8 +2,9 @@
 
 RMSNorm with gains, RoPE on the full head, grouped-query attention with optional QK-norm and
 per-head output gates, SwiGLU MLP (or MoE), untied embedding and head, no biases, Depth-muP
-branch multiplier ``1/sqrt(2L)``. The residual stream is kept in fp32. Every parameter carries
-its optimizer role (``hyperp.optim.roles``), so ``build_optimizer`` needs no guessing.
+branch multiplier ``1/sqrt(2L)``. The residual stream is kept in fp32. The model names every
+parameter's optimizer role (:meth:`Transformer.parameter_roles`), so ``build_optimizer`` needs no
+guessing, before or after sharding.
 
 Incremental decoding: ``forward(tokens, cache=KVCache(...))`` runs only the new tokens against the
 keys and values cached so far (RoPE positions continue from the cache's length), and
@@ -23,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from hyperp.model.config import ModelConfig
 from hyperp.model.moe import MoE, SwiGLU
-from hyperp.optim.roles import Role, set_role
+from hyperp.roles import ParamRole, Role
 
 __all__ = [
     "Attention",
@@ -59,7 +60,6 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(size))
-        set_role(self.weight, Role.VECTOR)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
@@ -142,9 +142,6 @@ class Attention(nn.Module):
         # QK-norm: one gain of length head_dim for q and one for k, shared across heads.
         self.q_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
-        for linear in (self.q, self.k, self.v, self.o, self.gate):
-            if linear is not None:
-                set_role(linear.weight, Role.MATRIX)
         self._hyperp_monitor = None  # set by hyperp.monitor.collect on logging steps only
 
     def forward(
@@ -250,8 +247,6 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.depth))
         self.final_norm = RMSNorm(config.width, config.norm_eps)
         self.head = nn.Linear(config.width, config.vocab, bias=False)
-        set_role(self.embedding.weight, Role.EMBEDDING)
-        set_role(self.head.weight, Role.HEAD)
         cos, sin = rope_tables(config.head_dim, config.context, config.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -275,6 +270,26 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(self.config.head_dim, self.config.context, self.config.rope_base)
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
+
+    def parameter_roles(self) -> dict[str, ParamRole]:
+        """Every parameter's optimizer role by name (docs/method.md §2.1): the head, the embedding,
+        norm gains as vectors, and every linear map and expert bank (``E x out x in``, one
+        matrix per expert) as hidden matrices."""
+        roles: dict[str, ParamRole] = {}
+        for prefix, module in self.named_modules():
+            if module is self.head:
+                role = ParamRole(Role.HEAD)
+            elif module is self.embedding:
+                role = ParamRole(Role.EMBEDDING)
+            elif isinstance(module, RMSNorm):
+                role = ParamRole(Role.VECTOR)
+            elif isinstance(module, nn.Linear | MoE):
+                role = ParamRole(Role.MATRIX, layout="batch", transposed=False)
+            else:
+                continue
+            for name, _ in module.named_parameters(recurse=False):
+                roles[f"{prefix}.{name}" if prefix else name] = role
+        return roles
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.head

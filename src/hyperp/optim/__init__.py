@@ -14,7 +14,15 @@ from hyperp.optim.newton_schulz import (
     newton_schulz,
 )
 from hyperp.optim.optimizers import AdamH, GroupedOptimizer, Muon, MuonH, SphereError
-from hyperp.optim.roles import ParameterInfo, Role, assign_roles, get_role, set_role
+from hyperp.optim.roles import (
+    ParameterInfo,
+    ParamRole,
+    Role,
+    assign_roles,
+    get_role,
+    role_map,
+    set_role,
+)
 
 __all__ = [
     "HYPERP_COEFFICIENTS",
@@ -24,6 +32,7 @@ __all__ = [
     "GroupedOptimizer",
     "Muon",
     "MuonH",
+    "ParamRole",
     "ParameterInfo",
     "Role",
     "SphereError",
@@ -32,5 +41,6 @@ __all__ = [
     "get_role",
     "newton_schulz",
     "param_groups",
+    "role_map",
     "set_role",
 ]

@@ -12,7 +12,7 @@ from torch import nn
 
 from hyperp.optim.newton_schulz import Coefficients
 from hyperp.optim.optimizers import GroupedOptimizer
-from hyperp.optim.roles import Role, assign_roles
+from hyperp.optim.roles import ParamRole, Role, assign_roles
 
 __all__ = ["METHODS", "build_optimizer", "param_groups"]
 
@@ -35,7 +35,7 @@ def param_groups(
     model: nn.Module,
     *,
     head: nn.Module | str | None = None,
-    roles: Mapping[str, Role | str] | None = None,
+    roles: Mapping[str, ParamRole | Role | str | Mapping] | None = None,
 ) -> list[dict[str, Any]]:
     """The model's trainable parameters split by role (and matrix layout).
 
@@ -81,7 +81,7 @@ def build_optimizer(
     ns_coefficients: Coefficients = "hyperp",
     ns_dtype: torch.dtype | str | None = None,
     head: nn.Module | str | None = None,
-    roles: Mapping[str, Role | str] | None = None,
+    roles: Mapping[str, ParamRole | Role | str | Mapping] | None = None,
     replicate_group: torch.distributed.ProcessGroup | None = None,
     head_lr: float | None = None,
 ) -> GroupedOptimizer:
@@ -101,6 +101,10 @@ def build_optimizer(
     Newton-Schulz instead of repeating it; FSDP2-sharded models need nothing. ``print(opt.describe())`` shows which
     tensor got which role, algorithm, shape and radius. ``head_lr`` (default: ``lr``) gives
     the output head its own LR, e.g. to sweep it apart from the other roles.
+
+    ``roles`` names roles by parameter (see :func:`hyperp.optim.assign_roles`): a model sharded
+    with FSDP2 before this call keeps its layouts and transpositions when given
+    ``roles=role_map(model)`` taken before sharding.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")

@@ -7,15 +7,19 @@ Every parameter of a model gets exactly one role:
 - ``embedding``: an input lookup table: Adam, unconstrained.
 - ``vector``: norm gains, biases, any 1-D parameter: Adam, unconstrained.
 
-Roles are found from the module structure, never from name substrings, in this order:
+Roles are found in this order:
 
-1. an explicit override from the caller (``roles={"name or glob": role}``);
-2. a role a model attached to the parameter itself with :func:`set_role` (our own models do this);
-3. the output head: the weight of ``model.get_output_embeddings()`` (Hugging Face convention)
+1. the caller's mapping (``roles={"name or glob": role}``), whose values are a role name, a
+   :class:`~hyperp.roles.ParamRole` (role, layout, transposed) or such a dict;
+2. a role attached to the tensor with :func:`set_role` (FSDP2's ``fully_shard`` replaces the
+   tensors and drops it: name the roles instead, e.g. with :func:`role_map` before sharding);
+3. the model's own mapping by name, when it has a ``parameter_roles()`` method returning
+   ``{name: ParamRole}`` (the project's own models do; it survives sharding);
+4. the output head: the weight of ``model.get_output_embeddings()`` (Hugging Face convention)
    or of the module the caller names with ``head=``;
-4. parameters of ``nn.Embedding``/``nn.EmbeddingBag`` modules;
-5. 0-D and 1-D parameters;
-6. everything else with two or more dimensions is a hidden matrix.
+5. parameters of ``nn.Embedding``/``nn.EmbeddingBag`` modules;
+6. 0-D and 1-D parameters;
+7. everything else with two or more dimensions is a hidden matrix.
 
 A head whose weight is the same tensor as an input embedding (a tied head) is given the
 ``embedding`` role: the input table is not constrained by the method, and putting the shared
@@ -24,7 +28,6 @@ tensor on a sphere would change the embedding scale too. A warning says so and h
 
 from __future__ import annotations
 
-import enum
 import fnmatch
 import warnings
 from collections.abc import Iterator, Mapping
@@ -33,40 +36,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hyperp.roles import ParamRole, Role, parse_role_spec
+
 __all__ = [
+    "ParamRole",
     "ParameterInfo",
     "Role",
     "assign_roles",
     "get_role",
+    "role_map",
     "set_role",
 ]
 
 _ROLE_ATTRIBUTE = "_hyperp_role"
-_LAYOUT_ATTRIBUTE = "_hyperp_matrix_layout"
-_TRANSPOSED_ATTRIBUTE = "_hyperp_transposed"
-
-
-class Role(enum.StrEnum):
-    """What an optimizer does with a parameter (docs/method.md §2.1)."""
-
-    MATRIX = "matrix"
-    HEAD = "head"
-    EMBEDDING = "embedding"
-    VECTOR = "vector"
-
-    @property
-    def on_sphere(self) -> bool:
-        return self in (Role.MATRIX, Role.HEAD)
-
-    @classmethod
-    def parse(cls, value: Role | str) -> Role:
-        if isinstance(value, Role):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            names = ", ".join(r.value for r in cls)
-            raise ValueError(f"unknown parameter role {value!r}; use one of: {names}") from None
 
 
 def set_role(
@@ -78,30 +60,20 @@ def set_role(
 ) -> nn.Parameter:
     """Attach a role to a parameter so that :func:`assign_roles` needs no guessing.
 
-    ``layout`` says how a tensor of more than two dimensions is read as matrices:
-    ``"batch"`` (leading dimensions index independent matrices, e.g. an expert bank
-    ``E x out x in``; the default) or ``"flatten"`` (one matrix ``shape[0] x prod(shape[1:])``,
-    e.g. a convolution kernel). ``transposed`` says a matrix is stored ``in x out`` rather than
-    ``nn.Linear``'s ``out x in`` (transformers' ``Conv1D`` is detected without it); the Muon
-    baseline's ``sqrt(fan_out/fan_in)`` scale depends on it.
+    ``layout`` and ``transposed`` are those of :class:`~hyperp.roles.ParamRole`; the Muon
+    baseline's ``sqrt(fan_out/fan_in)`` scale depends on ``transposed``. The role lives on the
+    tensor, so FSDP2's ``fully_shard`` (which replaces the tensors) drops it: to shard before
+    :func:`~hyperp.optim.build_optimizer`, take ``role_map(model)`` first and pass it as
+    ``roles=``, or give the model a ``parameter_roles()`` method.
     """
-    setattr(param, _ROLE_ATTRIBUTE, Role.parse(role))
-    if layout is not None:
-        setattr(param, _LAYOUT_ATTRIBUTE, _check_layout(layout))
-    if transposed is not None:
-        setattr(param, _TRANSPOSED_ATTRIBUTE, bool(transposed))
+    setattr(param, _ROLE_ATTRIBUTE, ParamRole(Role.parse(role), layout, transposed))
     return param
 
 
 def get_role(param: torch.Tensor) -> Role | None:
     """The role attached with :func:`set_role`, or ``None``."""
-    return getattr(param, _ROLE_ATTRIBUTE, None)
-
-
-def _check_layout(layout: str) -> str:
-    if layout not in ("batch", "flatten"):
-        raise ValueError(f"matrix layout must be 'batch' or 'flatten', got {layout!r}")
-    return layout
+    spec = getattr(param, _ROLE_ATTRIBUTE, None)
+    return None if spec is None else spec.role
 
 
 @dataclass(frozen=True)
@@ -118,6 +90,10 @@ class ParameterInfo:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.param.shape)
+
+    @property
+    def spec(self) -> ParamRole:
+        return ParamRole(self.role, self.layout, self.transposed)
 
 
 def _named_unique_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
@@ -160,21 +136,30 @@ def _stores_in_by_out(module: nn.Module) -> bool:
     )
 
 
+def _model_roles(model: nn.Module) -> dict[str, ParamRole]:
+    getter = getattr(model, "parameter_roles", None)
+    if not callable(getter):
+        return {}
+    return {name: parse_role_spec(value) for name, value in getter().items()}
+
+
 def assign_roles(
     model: nn.Module,
     *,
     head: nn.Module | str | None = None,
-    roles: Mapping[str, Role | str] | None = None,
+    roles: Mapping[str, ParamRole | Role | str | Mapping] | None = None,
     warn_tied: bool = True,
 ) -> list[ParameterInfo]:
     """Give every trainable parameter of ``model`` a role (see the module docstring).
 
-    ``roles`` maps parameter names (or ``fnmatch`` globs such as ``"*.lora_A"``) to a role and
+    ``roles`` maps parameter names (or ``fnmatch`` globs such as ``"*.lora_A"``) to a role,
+    a :class:`~hyperp.roles.ParamRole` or a dict ``{"role", "layout", "transposed"}``, and
     takes precedence over everything else. A key that matches no parameter is an error, so a
     typo cannot silently leave a parameter on the wrong optimizer.
     """
-    overrides = {key: Role.parse(value) for key, value in (roles or {}).items()}
+    overrides = {key: parse_role_spec(value) for key, value in (roles or {}).items()}
     used_overrides: set[str] = set()
+    by_model = _model_roles(model)
 
     head_module = _resolve_head(model, head)
     head_weight = getattr(head_module, "weight", None) if head_module is not None else None
@@ -194,16 +179,18 @@ def assign_roles(
 
     infos: list[ParameterInfo] = []
     for name, param in _named_unique_parameters(model):
-        layout = getattr(
-            param, _LAYOUT_ATTRIBUTE, "flatten" if id(param) in conv_params else "batch"
-        )
         matched = [key for key in overrides if key == name or fnmatch.fnmatchcase(name, key)]
+        spec: ParamRole | None = None
         if matched:
             key = matched[0] if name not in overrides else name
             used_overrides.add(key)
-            role, reason = overrides[key], f"override {key!r}"
-        elif get_role(param) is not None:
-            role, reason = get_role(param), "set by the model"
+            spec, reason = overrides[key], f"override {key!r}"
+        elif getattr(param, _ROLE_ATTRIBUTE, None) is not None:
+            spec, reason = getattr(param, _ROLE_ATTRIBUTE), "set_role"
+        elif name in by_model:
+            spec, reason = by_model[name], "set by the model"
+        if spec is not None:
+            role = spec.role
         elif head_weight is not None and param is head_weight:
             if id(param) in embedding_params:
                 role, reason = Role.EMBEDDING, "tied head: input embedding"
@@ -227,7 +214,12 @@ def assign_roles(
                 f"{name} has shape {tuple(param.shape)} but role {role.value!r} needs a matrix "
                 "(2 or more dimensions); give it the 'vector' role"
             )
-        transposed = getattr(param, _TRANSPOSED_ATTRIBUTE, id(param) in transposed_params)
+        layout = spec.layout if spec is not None and spec.layout is not None else None
+        if layout is None:
+            layout = "flatten" if id(param) in conv_params else "batch"
+        transposed = spec.transposed if spec is not None else None
+        if transposed is None:
+            transposed = id(param) in transposed_params
         infos.append(ParameterInfo(name, param, role, layout, reason, transposed))
 
     unused = sorted(set(overrides) - used_overrides)
@@ -237,3 +229,16 @@ def assign_roles(
             f"parameter names look like {[i.name for i in infos[:3]]}"
         )
     return infos
+
+
+def role_map(
+    model: nn.Module,
+    *,
+    head: nn.Module | str | None = None,
+    roles: Mapping[str, ParamRole | Role | str | Mapping] | None = None,
+) -> dict[str, ParamRole]:
+    """Every trainable parameter's name with its resolved role, layout and transposition, as
+    plain data. Take it before ``fully_shard`` and pass it to ``build_optimizer(roles=...)``
+    after: the sharded model's tensors no longer carry what :func:`set_role` attached."""
+    infos = assign_roles(model, head=head, roles=roles, warn_tied=False)
+    return {info.name: info.spec for info in infos}

@@ -34,7 +34,14 @@ from hyperp.model import ModelConfig
 from hyperp.serve.run import LoadedRun, load_run
 from hyperp.train.checkpoint import keep_checkpoint
 
-__all__ = ["DTYPES", "ExportResult", "export_run", "stock_architecture", "stock_blockers"]
+__all__ = [
+    "DTYPES",
+    "ExportResult",
+    "export_run",
+    "stock_architecture",
+    "stock_blockers",
+    "stock_layout",
+]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _TEMPLATE = Path(__file__).resolve().parent / "hf_template"
@@ -86,33 +93,40 @@ def _require_hf() -> None:
 # ----- weights ------------------------------------------------------------------------------
 
 
-def _stock_weights(model: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our state dict renamed to the Qwen3/Llama layout, with the multipliers folded in."""
+def stock_layout(model: ModelConfig) -> dict[str, tuple[str, float]]:
+    """Each of our tensors' name in the Qwen3/Llama layout and the factor folded into it
+    (export multiplies by it; :mod:`hyperp.train.initial` divides it back out)."""
     branch = model.residual_multiplier
     query = model.softmax_scale * math.sqrt(model.head_dim)  # stock scale is 1/sqrt(head_dim)
-    out = {
-        "model.embed_tokens.weight": state["embedding.weight"],
-        "model.norm.weight": state["final_norm.weight"],
-        "lm_head.weight": state["head.weight"] * model.logit_multiplier,
+    table = {
+        "embedding.weight": ("model.embed_tokens.weight", 1.0),
+        "final_norm.weight": ("model.norm.weight", 1.0),
+        "head.weight": ("lm_head.weight", model.output_multiplier),
     }
     for i in range(model.depth):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
-        q = state[ours + "attn.q.weight"]
         if model.qk_norm:
-            out[theirs + "self_attn.q_norm.weight"] = state[ours + "attn.q_norm.weight"] * query
-            out[theirs + "self_attn.k_norm.weight"] = state[ours + "attn.k_norm.weight"]
-        else:
-            q = q * query
-        out[theirs + "self_attn.q_proj.weight"] = q
-        out[theirs + "self_attn.k_proj.weight"] = state[ours + "attn.k.weight"]
-        out[theirs + "self_attn.v_proj.weight"] = state[ours + "attn.v.weight"]
-        out[theirs + "self_attn.o_proj.weight"] = state[ours + "attn.o.weight"] * branch
-        out[theirs + "input_layernorm.weight"] = state[ours + "attn_norm.weight"]
-        out[theirs + "post_attention_layernorm.weight"] = state[ours + "mlp_norm.weight"]
-        out[theirs + "mlp.gate_proj.weight"] = state[ours + "mlp.gate.weight"]
-        out[theirs + "mlp.up_proj.weight"] = state[ours + "mlp.up.weight"]
-        out[theirs + "mlp.down_proj.weight"] = state[ours + "mlp.down.weight"] * branch
-    return out
+            table[ours + "attn.q_norm.weight"] = (theirs + "self_attn.q_norm.weight", query)
+            table[ours + "attn.k_norm.weight"] = (theirs + "self_attn.k_norm.weight", 1.0)
+        q_factor = 1.0 if model.qk_norm else query
+        table[ours + "attn.q.weight"] = (theirs + "self_attn.q_proj.weight", q_factor)
+        table[ours + "attn.k.weight"] = (theirs + "self_attn.k_proj.weight", 1.0)
+        table[ours + "attn.v.weight"] = (theirs + "self_attn.v_proj.weight", 1.0)
+        table[ours + "attn.o.weight"] = (theirs + "self_attn.o_proj.weight", branch)
+        table[ours + "attn_norm.weight"] = (theirs + "input_layernorm.weight", 1.0)
+        table[ours + "mlp_norm.weight"] = (theirs + "post_attention_layernorm.weight", 1.0)
+        table[ours + "mlp.gate.weight"] = (theirs + "mlp.gate_proj.weight", 1.0)
+        table[ours + "mlp.up.weight"] = (theirs + "mlp.up_proj.weight", 1.0)
+        table[ours + "mlp.down.weight"] = (theirs + "mlp.down_proj.weight", branch)
+    return table
+
+
+def _stock_weights(model: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict renamed to the Qwen3/Llama layout, with the multipliers folded in."""
+    return {
+        theirs: state[ours] * factor if factor != 1.0 else state[ours]
+        for ours, (theirs, factor) in stock_layout(model).items()
+    }
 
 
 def _remote_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -138,6 +138,8 @@ class TrainConfig:
     ``distributed``: ``ddp``, ``fsdp`` or ``hsdp`` (shard within groups of ``shard_size``
     processes, replicate across them; 0 = the processes of one node).
     ``async_checkpoint``: training goes on while checkpoint shards are written.
+    ``init_from``: start from safetensors weights (a file, a Hugging Face directory or a
+    ``hyperp export``) instead of a fresh init; see :mod:`hyperp.train.initial`.
     """
 
     tokens: float = 0.0
@@ -166,6 +168,7 @@ class TrainConfig:
     wandb: bool = False
     wandb_project: str = "hyperp"
     peak_flops: float = 0.0
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         _require(self.tokens >= 0 and self.steps >= 0, "train.tokens and train.steps must be >= 0")

@@ -40,11 +40,12 @@ from hyperp.fileio import atomic_write_json, atomic_write_text
 from hyperp.model import Transformer
 from hyperp.model.transformer import checkpoint_blocks
 from hyperp.optim import GroupedOptimizer, build_optimizer
-from hyperp.optim.roles import assign_roles
+from hyperp.optim.roles import role_map
 from hyperp.rules import lr_schedule
 from hyperp.train.checkpoint import Checkpointer, CheckpointError, list_checkpoints, root_cause
 from hyperp.train.config import NON_TRAJECTORY_KEYS, RunConfig, RunPlan
 from hyperp.train.distributed import Distributed, parallelize, setup_distributed
+from hyperp.train.initial import check_initial_weights, load_initial_weights
 from hyperp.train.rundir import RunLock
 from hyperp.train.sinks import RunLog, Sinks, open_sinks
 from hyperp.train.state import ModelState, OptimizerState, RNGState, RunCounters
@@ -264,6 +265,8 @@ class Trainer:
                 f"train.batch_size {train.batch_size} must be a multiple of processes x "
                 f"grad_accum = {world} x {train.grad_accum}"
             )
+        if train.init_from:  # the weights fit the model, checked before any file is written
+            check_initial_weights(train.init_from, config.model)
         has_run = (self.out_dir / "metrics.jsonl").exists() or any(self.checkpoint_dir.glob("*"))
         if self.resume == "must" and not list_checkpoints(self.checkpoint_dir):
             raise FileNotFoundError(
@@ -314,7 +317,9 @@ class Trainer:
         torch.manual_seed(train.seed)  # identical initial weights on every rank
         model = Transformer(config.model).to(dist.device)
         checkpoint_blocks(model, train.activation_checkpointing)
-        roles = {info.name: info.role for info in assign_roles(model)}  # before sharding
+        if train.init_from:  # before the optimizer, which takes the radii from the weights
+            load_initial_weights(model, train.init_from, config.model)
+        roles = role_map(model)  # before sharding, which drops what tensors carry
         shard_size = train.shard_size or int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
         parallel = parallelize(model, dist, train.distributed, shard_size)
         module = torch.compile(parallel.module) if train.compile else parallel.module
