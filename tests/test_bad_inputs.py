@@ -783,7 +783,19 @@ MORE_CASES = [
     BadInput(
         "sweep-text-for-int-axis",
         lambda s: _sweep_file(s, 'base = "tiny"\n[axes]\n"train.steps" = [10, "many"]\n'),
-        r"grid.toml: --train.steps 'many' is not a valid int",
+        r"grid.toml: train.steps must be an integer, got 'many' \(str\)",
+    ),
+    BadInput(
+        "sweep-toml-string-for-int-axis",
+        lambda s: _sweep_file(s, 'base = "tiny"\n[axes]\n"train.steps" = ["30"]\n'),
+        r"grid.toml: train.steps must be an integer, got '30' \(str\)",
+    ),
+    BadInput(
+        "sweep-toml-string-for-float-setting",
+        lambda s: _sweep_file(
+            s, 'base = "tiny"\n[set]\n"optim.lr" = "0.01"\n[axes]\n"train.seed" = [1]\n'
+        ),
+        r"grid.toml: optim.lr must be a number or none, got '0.01' \(str\)",
     ),
     BadInput(
         "fit-two-learning-rates",

@@ -123,7 +123,7 @@ def test_submitting_without_a_slurm_client_says_where_to_run(tmp_path):
 def test_the_ladder_example_in_the_cluster_docs_plans_every_run(tmp_path):
     pytest.importorskip("hyperp.train.config")
     text = DOCS.read_text()
-    (block,) = re.findall(r"```toml\n(# ladder.toml\n.*?)```", text, re.S)
+    (block,) = re.findall(r"```toml\n(# sweeps/ladder.toml\n.*?)```", text, re.S)
     # A small real corpus stands in for the shared one (the plan takes its vocabulary).
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     corpus = prepare([stdlib / "textwrap.py"], tmp_path / "corpus", vocab_size=300)

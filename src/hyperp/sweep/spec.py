@@ -307,10 +307,10 @@ def _check_overrides(settings: dict[str, Any], axes: dict[str, list], sweep_path
     from hyperp.train.config import parse_overrides  # torch-free
 
     try:
-        parse_overrides(settings)
+        parse_overrides(settings, typed=True)  # TOML is typed: "30" is not an integer
         for key, values in axes.items():
             for value in values:
-                parse_overrides({key: value})
+                parse_overrides({key: value}, typed=True)
     except ValueError as error:
         raise ValueError(f"{sweep_path}: {error}") from None
 

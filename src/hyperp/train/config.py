@@ -400,6 +400,7 @@ def _field_types(section_class: type) -> dict[str, Any]:
     return typing.get_type_hints(section_class)
 
 
+_NONE = ("none", "null", "")
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
@@ -414,8 +415,8 @@ def coerce(section: str, key: str, value: Any, *, text: bool = True) -> Any:
     )
     optional = type(None) in options
     base = next(t for t in options if t is not type(None))
-    if value is None and optional:
-        return None
+    if optional and (value is None or (isinstance(value, str) and value.lower() in _NONE)):
+        return None  # TOML has no null: "none" says it
     if isinstance(value, str) and base is not str and text:
         return _parse_text(value, base, optional, f"{section}.{key}")
     valid = (
@@ -432,8 +433,6 @@ def coerce(section: str, key: str, value: Any, *, text: bool = True) -> Any:
 
 
 def _parse_text(text: str, base: type, optional: bool, name: str) -> Any:
-    if optional and text.lower() in ("none", "null", ""):
-        return None
     try:
         if base is bool:
             lowered = text.lower()
@@ -456,12 +455,16 @@ def _parse_text(text: str, base: type, optional: bool, name: str) -> Any:
 
 
 def parse_overrides(
-    items: list[str] | dict[str, Any] | None, sections: tuple[str, ...] | None = None
+    items: list[str] | dict[str, Any] | None,
+    sections: tuple[str, ...] | None = None,
+    *,
+    typed: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """``["--train.steps", "100", "--model.width=64"]`` (or ``{"train.steps": 100}``) to nested
     typed values: the one override parser of every verb. ``sections`` limits which sections may
     be set. Unknown sections or keys are errors that name the closest valid key; values of the
-    wrong type are errors that name the expected type."""
+    wrong type are errors that name the expected type. ``typed=True`` for values from a typed
+    file (a sweep's TOML): text there is not parsed, so ``"train.steps" = ["30"]`` is refused."""
     allowed = sections or tuple(SECTIONS)
     pairs: list[tuple[str, Any]] = []
     if isinstance(items, dict):
@@ -491,7 +494,7 @@ def parse_overrides(
                 f"{'one of ' if len(allowed) > 1 else ''}{', '.join(allowed)}"
             )
         _check_keys(section, SECTIONS[section], {name: None})
-        nested.setdefault(section, {})[name] = coerce(section, name, value)
+        nested.setdefault(section, {})[name] = coerce(section, name, value, text=not typed)
     return nested
 
 
