@@ -66,7 +66,8 @@ def test_a_transformers_llama_loads_and_computes_its_function(tmp_path):
 
 
 def test_the_spheres_take_their_radii_from_the_loaded_weights(corpus, tmp_path):
-    values = {**TINY, "data.path": str(corpus), "train.steps": 2, "train.checkpoint_every": 2}
+    """... and a resume takes everything from its checkpoint: the start file may be gone."""
+    values = {**TINY, "data.path": str(corpus), "train.steps": 4, "train.checkpoint_every": 2}
     config = load_config(None, values)
     config = config.resolve(data_vocab_size(config))
     torch.manual_seed(5)
@@ -77,8 +78,10 @@ def test_the_spheres_take_their_radii_from_the_loaded_weights(corpus, tmp_path):
                 param.mul_(3.0)
     state = {name: t.contiguous() for name, t in source.state_dict().items()}
     safetensors_torch.save_file(state, str(tmp_path / "start.safetensors"))
-    train(load_config(None, {**values, "train.init_from": str(tmp_path / "start.safetensors")}),
-          tmp_path / "run")  # fmt: skip
+    start = load_config(None, {**values, "train.init_from": str(tmp_path / "start.safetensors")})
+    assert train(start, tmp_path / "run", stop_after=2).status == "interrupted"
+    (tmp_path / "start.safetensors").unlink()
+    assert train(start, tmp_path / "run").status == "finished"
     got = radii(tmp_path / "run")
     assert set(got) == {n for n, p in state.items() if p.ndim >= 2 and n != "embedding.weight"}
     for name, radius in got.items():

@@ -218,6 +218,7 @@ class Trainer:
         self.resume = resume
         self.stop_after = stop_after
         self.checkpoint_dir = out_dir / "checkpoints"
+        self._init_from = ""  # train.init_from on a fresh start (set by _resolve)
         self.say = print if dist.is_main else (lambda *a, **k: None)
         self.claimed = False
 
@@ -265,8 +266,12 @@ class Trainer:
                 f"train.batch_size {train.batch_size} must be a multiple of processes x "
                 f"grad_accum = {world} x {train.grad_accum}"
             )
-        if train.init_from:  # the weights fit the model, checked before any file is written
-            check_initial_weights(train.init_from, config.model)
+        # A resume takes its weights from the checkpoint: init_from is read only on a fresh start
+        # (the file may be gone by then), and checked before any file is written.
+        resuming = self.resume != "never" and bool(list_checkpoints(self.checkpoint_dir))
+        self._init_from = "" if resuming else train.init_from
+        if self._init_from:
+            check_initial_weights(self._init_from, config.model)
         has_run = (self.out_dir / "metrics.jsonl").exists() or any(self.checkpoint_dir.glob("*"))
         if self.resume == "must" and not list_checkpoints(self.checkpoint_dir):
             raise FileNotFoundError(
@@ -317,8 +322,8 @@ class Trainer:
         torch.manual_seed(train.seed)  # identical initial weights on every rank
         model = Transformer(config.model).to(dist.device)
         checkpoint_blocks(model, train.activation_checkpointing)
-        if train.init_from:  # before the optimizer, which takes the radii from the weights
-            load_initial_weights(model, train.init_from, config.model)
+        if self._init_from:  # before the optimizer, which takes the radii from the weights
+            load_initial_weights(model, self._init_from, config.model)
         roles = role_map(model)  # before sharding, which drops what tensors carry
         shard_size = train.shard_size or int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
         parallel = parallelize(model, dist, train.distributed, shard_size)
