@@ -22,6 +22,11 @@ def pytest_report_header(config):
     return f"hyperp: {_NS_REASON}"
 
 
+def pytest_terminal_summary(terminalreporter):
+    # Again at the end: `pytest -q` (the README's command) prints no header.
+    terminalreporter.write_line(f"hyperp: {_NS_REASON}")
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
