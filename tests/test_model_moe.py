@@ -147,6 +147,7 @@ index = torch.topk(local, 2, -1).indices
 loss, counts = load_balancing_loss(probs, index, 6, 0.1, global_over_ranks=True)
 loss.backward()
 torch.save({"loss": loss.detach(), "counts": counts, "grad": local.grad}, path)
+del loss, probs, local  # the graph and its tensors go before the group does
 dist.barrier()  # both ranks done communicating before gloo tears down its connections
 dist.destroy_process_group()
 """

@@ -150,9 +150,8 @@ def load_balancing_loss(
     n_tokens = torch.tensor(float(probs.shape[0]), device=probs.device, dtype=probs.dtype)
     if global_over_ranks and _distributed_world_size() > 1:
         import torch.distributed as dist
-        import torch.distributed.nn.functional as dist_fn
 
-        prob_sum = dist_fn.all_reduce(prob_sum)
+        prob_sum = _SumOverRanks.apply(prob_sum)
         counts_and_tokens = torch.cat([counts, n_tokens.reshape(1)])
         dist.all_reduce(counts_and_tokens)
         counts, n_tokens = counts_and_tokens[:-1], counts_and_tokens[-1]
@@ -160,6 +159,29 @@ def load_balancing_loss(
     assignment_share = counts / counts.sum().clamp_min(1.0)
     loss = weight * n_experts * torch.sum(assignment_share * mean_prob)
     return loss, counts
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """A differentiable all-reduce (sum) over the default group: the backward sums the gradients.
+
+    Nothing is kept on the context, so a finished graph holds no reference to the process group.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        total = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total)
+        return total
 
 
 def _distributed_world_size() -> int:
