@@ -5,6 +5,11 @@
     metrics = stats.summary()        # flat dict: branch_rms, attn_z, router_z, maxvio, ...
     per_layer = stats.per_layer()    # name -> list over layers
 
+A model of another family (:class:`hyperp.hf.CausalLM`) names its decoder layers and head in
+``monitor_points()``; forward hooks on them record what needs no view inside a layer: the
+residual stream after each layer (``residual_rms``, ``outlier_pct``) and the logits' RMS
+(``logit_rms``).
+
 Our model's attention, MoE and block modules hold a ``_hyperp_monitor`` slot that is ``None``
 outside this context, so a normal step pays one attribute test per module and nothing else.
 Inside, each module hands its tensors to :class:`StabilityStats`, which computes the indicators
@@ -119,6 +124,7 @@ class StabilityStats:
         self._attn_z: dict[int, _Sum] = defaultdict(_Sum)
         self._router_z: dict[int, _Sum] = defaultdict(_Sum)
         self._expert_counts: dict[int, torch.Tensor] = {}
+        self._logit_sq = _Sum()
 
     # ----- called by the model --------------------------------------------------------------
 
@@ -131,6 +137,16 @@ class StabilityStats:
         self._residual_sq[layer].add(residual.float().square().sum(), residual.numel())
         outliers, elements = outlier_fraction(residual)
         self._outliers[layer].add(outliers, elements)
+
+    @torch.no_grad()
+    def record_residual(self, layer: int, residual: torch.Tensor) -> None:
+        self._residual_sq[layer].add(residual.float().square().sum(), residual.numel())
+        outliers, elements = outlier_fraction(residual)
+        self._outliers[layer].add(outliers, elements)
+
+    @torch.no_grad()
+    def record_logits(self, logits: torch.Tensor) -> None:
+        self._logit_sq.add(logits.float().square().sum(), logits.numel())
 
     @torch.no_grad()
     def record_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
@@ -196,7 +212,10 @@ class StabilityStats:
             out["attn_branch_rms"] = _mean(attn_ms) ** 0.5
             out["mlp_branch_rms"] = _mean(mlp_ms) ** 0.5
             out["branch_rms"] = _mean(attn_ms + mlp_ms) ** 0.5
+        if self._outliers:
             out["outlier_pct"] = _mean(list(per_layer["outlier_pct"].values()))
+        if self._logit_sq.count:
+            out["logit_rms"] = self._logit_sq.mean() ** 0.5
         if "attn_z" in per_layer:
             out["attn_z"] = _mean(list(per_layer["attn_z"].values()))
             out["attn_z_max"] = max(per_layer["attn_z"].values())
@@ -221,6 +240,10 @@ def collect(model: nn.Module) -> Iterator[StabilityStats]:
     """Collect the indicators of every forward of ``model`` run inside the ``with`` block."""
     stats = StabilityStats()
     slots = [m for m in model.modules() if hasattr(m, _MONITOR_SLOT)]
+    if not slots and hasattr(model, "monitor_points"):
+        with _hooked(stats, *model.monitor_points()):
+            yield stats
+        return
     if not slots:
         raise ValueError(
             f"{type(model).__name__} has no monitoring points; hyperp.monitor.collect works with "
@@ -236,3 +259,24 @@ def collect(model: nn.Module) -> Iterator[StabilityStats]:
     finally:
         for module in slots:
             setattr(module, _MONITOR_SLOT, None)
+
+
+@contextlib.contextmanager
+def _hooked(stats: StabilityStats, layers: list[nn.Module], head: nn.Module | None):
+    """Forward hooks that hand each layer's output (the residual stream) and the head's
+    output (the logits) to ``stats``; removed on exit."""
+
+    def residual(index: int):
+        def hook(_module, _inputs, output):
+            stats.record_residual(index, output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    handles = [layer.register_forward_hook(residual(i)) for i, layer in enumerate(layers)]
+    if head is not None:
+        handles.append(head.register_forward_hook(lambda _m, _i, out: stats.record_logits(out)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

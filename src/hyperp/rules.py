@@ -44,7 +44,9 @@ class ModelScale:
     """The shape quantities that parameter counts and FLOPs depend on (docs/method.md §3, §4).
 
     ``width`` defaults to ``aspect_ratio * depth`` and ``n_heads`` to ``2 * width / head_dim``
-    (attention inner width ``2n``), the paper's family.
+    (attention inner width ``2n``), the paper's family. A model of another family (a Hugging
+    Face model) gives ``counted_params``, its parameters as counted from the built model, which
+    then stands for N in the budget and FLOPs.
     """
 
     depth: int
@@ -55,6 +57,7 @@ class ModelScale:
     n_kv_heads: int = 4
     vocab_size: int = 32000
     context: int = 4096
+    counted_params: int | None = None
 
     def __post_init__(self) -> None:
         if self.depth < 1:
@@ -80,7 +83,10 @@ class ModelScale:
         ``12 n^2 d`` is the SwiGLU MLP (three n x 4n matrices per block); ``2 n d H hs`` the query
         and output projections; ``2 n d H_kv hs`` the key and value projections; ``2 V n`` the
         embedding and head. Norm gains and attention-gate matrices are not counted.
+        ``counted_params`` stands for N when given.
         """
+        if self.counted_params is not None:
+            return self.counted_params
         n, d, hs = self.width, self.depth, self.head_dim
         return (
             12 * n * n * d

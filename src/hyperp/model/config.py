@@ -55,8 +55,15 @@ class ModelConfig:
     moe_sqrt_gate: bool = True
     moe_balance_weight: float = 0.1
     moe_global_balance: bool = True
+    # A Hugging Face causal LM instead of this family (hyperp.hf): a local directory holding
+    # config.json (weights optional), or its config as a table. A run resolves either into
+    # ``hf_config`` and mirrors the shape into depth, width, heads, vocabulary and context.
+    hf: str = ""
+    hf_config: dict | None = None
 
     def __post_init__(self) -> None:
+        if self.is_hf:  # its shape comes from its own config (hyperp.hf.resolve_hf)
+            return
         _require(self.depth >= 1, f"model.depth must be a positive integer, got {self.depth}")
         _require(
             self.aspect_ratio >= 1, f"model.aspect_ratio must be positive, got {self.aspect_ratio}"
@@ -139,6 +146,11 @@ class ModelConfig:
                 )
 
     # ----- derived shapes -------------------------------------------------------------------
+
+    @property
+    def is_hf(self) -> bool:
+        """A Hugging Face model (``hf`` or ``hf_config`` set), not this family."""
+        return bool(self.hf) or self.hf_config is not None
 
     @property
     def is_moe(self) -> bool:

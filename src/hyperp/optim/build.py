@@ -154,6 +154,9 @@ def build_optimizer(
 def _warn_no_head(model: nn.Module, groups: list[dict[str, Any]], algorithm: str) -> None:
     """No output head was found: every matrix is a hidden one. Say which matrix a plain MLP or
     classifier would use as its output (the last one registered) and how to name the head."""
+    getter = getattr(model, "get_output_embeddings", None)
+    if getter is not None and getter() is not None:
+        return  # a head tied to the input embedding: trained as the embedding, as role_map says
     matrices = {name for g in groups if g["role"] == Role.MATRIX.value for name in g["param_names"]}
     last = [(name, p) for name, p in model.named_parameters() if name in matrices]
     if not last:

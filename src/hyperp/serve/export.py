@@ -62,6 +62,8 @@ def stock_blockers(model: ModelConfig) -> tuple[str, ...]:
     """The settings that keep ``model`` from a stock ``transformers`` architecture, each with
     what a stock export needs instead."""
     blockers = []
+    if model.is_hf:  # exported as the model itself
+        return ()
     if model.gated_attention:
         blockers.append(
             "model.gated_attention = true (train with --model.gated_attention false for a stock "
@@ -158,6 +160,15 @@ def _write_weights(
         (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         files.append("model.safetensors.index.json")
     return files
+
+
+def _write_hf_model(run: LoadedRun, directory: Path, dtype, max_shard_size) -> list[str]:
+    """A Hugging Face model's run: ``save_pretrained`` of the model itself (tied weights stored
+    once, as transformers does), its end-of-text id the run's."""
+    model = run.model.hf.to(dtype)
+    model.config.bos_token_id = model.config.eos_token_id = run.eot_id
+    model.save_pretrained(directory, max_shard_size=max_shard_size, safe_serialization=True)
+    return sorted(path.name for path in directory.iterdir())
 
 
 # ----- configs and tokenizer -------------------------------------------------------------------
@@ -267,7 +278,11 @@ def _write_tokenizer(run: LoadedRun, directory: Path) -> list[str]:
 def _readme(run: LoadedRun, architecture: str, remote: bool, dtype: str) -> str:
     model = run.config.model
     trust = ", trust_remote_code=True" if remote else ""
-    if remote:
+    if model.is_hf:
+        why = (
+            "The run trained this Hugging Face model itself; it is saved as transformers saves it."
+        )
+    elif remote:
         features = []
         if model.gated_attention:
             features.append("gated attention")
@@ -335,10 +350,12 @@ def export_run(
     run = load_run(run_dir, step=step, device="cpu")
     model = run.config.model
     state = {name: tensor.float() for name, tensor in run.model.state_dict().items()}
-    architecture = stock_architecture(model)
+    architecture = type(run.model.hf).__name__ if model.is_hf else stock_architecture(model)
     remote = architecture is None
     torch_dtype = "float32" if dtype == "fp32" else "bfloat16"
-    if remote:
+    if model.is_hf:  # the model itself, as transformers saves it
+        weights, config = {}, None
+    elif remote:
         architecture = "HyperpForCausalLM"
         weights = _remote_weights(state)
         config = _remote_config(model, run.eot_id, torch_dtype)
@@ -352,12 +369,16 @@ def export_run(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        files = _write_weights(weights, staging, max_shard_size)
-        _write_config(config, staging / "config.json")
+        if model.is_hf:
+            files = _write_hf_model(run, staging, DTYPES[dtype], max_shard_size)
+        else:
+            files = _write_weights(weights, staging, max_shard_size)
+            _write_config(config, staging / "config.json")
         GenerationConfig(
             bos_token_id=run.eot_id, eos_token_id=run.eot_id, pad_token_id=run.eot_id
         ).save_pretrained(staging)
         files += ["config.json", "generation_config.json", *_write_tokenizer(run, staging)]
+        files = list(dict.fromkeys(files))
         if remote:
             for name in _REMOTE_FILES:
                 shutil.copyfile(_TEMPLATE / name, staging / name)

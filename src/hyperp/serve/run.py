@@ -32,7 +32,7 @@ class LoadedRun:
     """What :func:`load_run` returns. ``model`` is in eval mode on ``device``."""
 
     path: Path
-    model: Transformer
+    model: Transformer  # or hyperp.hf.CausalLM for a Hugging Face model's run
     config: RunConfig
     tokenizer: Any  # tokenizers.Tokenizer
     tokenizer_path: Path
@@ -41,7 +41,7 @@ class LoadedRun:
 
     @property
     def device(self) -> torch.device:
-        return self.model.rope_cos.device
+        return next(self.model.parameters()).device
 
     @property
     def eot_id(self) -> int | None:
@@ -113,10 +113,27 @@ def tokenizer_path(run_dir: str | os.PathLike[str], config: RunConfig | None = N
 
 
 def _build_model(config: RunConfig, state: dict[str, torch.Tensor], device: torch.device):
+    if config.model.is_hf:  # rebuilt from the config the run recorded, never from model.hf
+        from hyperp.hf import CausalLM, build_hf_model
+
+        model = CausalLM(build_hf_model(config.model.hf_config))
+        _check_fits(model, state)
+        model.load_state_dict(state)
+        return model.to(device).eval()
     # Allocate without initializing (the checkpoint overwrites every weight), then fill in.
     with torch.device("meta"):
         model = Transformer(config.model)
     model.to_empty(device=device)
+    _check_fits(model, state)
+    model.load_state_dict(state)
+    # The RoPE tables are buffers outside the state dict; compute them as __init__ does.
+    cos, sin = rope_tables(config.model.head_dim, config.model.context, config.model.rope_base)
+    model.rope_cos.copy_(cos)
+    model.rope_sin.copy_(sin)
+    return model.eval()
+
+
+def _check_fits(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     own = set(model.state_dict())
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
     if missing or unexpected:
@@ -124,12 +141,6 @@ def _build_model(config: RunConfig, state: dict[str, torch.Tensor], device: torc
             f"the checkpoint does not fit the run's model config (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}); was config.json edited after training?"
         )
-    model.load_state_dict(state)
-    # The RoPE tables are buffers outside the state dict; compute them as __init__ does.
-    cos, sin = rope_tables(config.model.head_dim, config.model.context, config.model.rope_base)
-    model.rope_cos.copy_(cos)
-    model.rope_sin.copy_(sin)
-    return model.eval()
 
 
 def load_run(

@@ -9,6 +9,7 @@ turn a base LR and base scale into this run's peak LR, token budget and step cou
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import tomllib
 import types
@@ -230,14 +231,20 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def resolve(self, data_vocab_size: int) -> RunConfig:
+    def resolve(self, data_vocab_size: int, hf_config: dict | None = None) -> RunConfig:
         """This config with what the run derives filled in (a new object; nothing is mutated):
 
         - ``model.vocab_size``: the data's vocabulary, unless set explicitly, and then at least
           the data's (a larger table is allowed, e.g. padded for speed);
         - ``model.logit_multiplier``: the method's own unless set: ``d0/d`` for the Muon
-          baseline (docs/method.md §2.5), 1 otherwise.
+          baseline (docs/method.md §2.5), 1 otherwise;
+        - a Hugging Face model (``model.hf`` or ``model.hf_config``): its config dict and shape
+          (:func:`hyperp.hf.resolve_hf`; ``hf_config`` is a resumed run's recorded copy).
         """
+        if self.model.is_hf:
+            from hyperp.hf import resolve_hf
+
+            return replace(self, model=resolve_hf(self, data_vocab_size, hf_config))
         model = self.model
         vocab = model.vocab_size or data_vocab_size
         if vocab < data_vocab_size:
@@ -262,9 +269,12 @@ class RunConfig:
 
     def trajectory_dict(self) -> dict[str, dict[str, Any]]:
         """:meth:`to_dict` without the settings that do not change what is trained."""
+        values = self.to_dict()
+        if not self.model.is_hf:  # run names of the own family stay as they were
+            del values["model"]["hf"], values["model"]["hf_config"]
         return {
             section: {k: v for k, v in table.items() if (section, k) not in NON_TRAJECTORY_KEYS}
-            for section, table in self.to_dict().items()
+            for section, table in values.items()
         }
 
     @classmethod
@@ -291,17 +301,30 @@ class RunConfig:
         if not self.resolved:
             raise ValueError("plan() needs a resolved config: call config.resolve(data_vocab_size)")
         optim, train, model = self.optim, self.train, self.model
-        scale = model.scale()
         batch_tokens = train.batch_tokens
-        base_scale = ModelScale(
-            depth=optim.base_depth or model.depth,
-            width=optim.base_width or (model.width if optim.base_depth is None else None),
-            aspect_ratio=model.aspect_ratio,
-            head_dim=model.head_dim,
-            n_kv_heads=model.n_kv_heads,
-            vocab_size=model.vocab_size,
-            context=model.context,
-        )
+        if model.is_hf:
+            from hyperp.hf import hf_scale, plan_lines
+
+            scale = hf_scale(model.hf_config, train.seq_len)
+            base_scale = replace(
+                scale, depth=optim.base_depth or scale.depth, width=optim.base_width or scale.width
+            )
+            if optim.base_tokens and not (train.steps or train.tokens) and base_scale != scale:
+                raise ValueError(
+                    "the Chinchilla budget needs the base model's parameter count, which hyperp "
+                    "knows only for its own family; set train.steps or train.tokens"
+                )
+        else:
+            scale = model.scale()
+            base_scale = ModelScale(
+                depth=optim.base_depth or model.depth,
+                width=optim.base_width or (model.width if optim.base_depth is None else None),
+                aspect_ratio=model.aspect_ratio,
+                head_dim=model.head_dim,
+                n_kv_heads=model.n_kv_heads,
+                vocab_size=model.vocab_size,
+                context=model.context,
+            )
         if train.steps:
             tokens = train.steps * batch_tokens
         elif train.tokens:
@@ -339,9 +362,17 @@ class RunConfig:
                 f"{rule.token_exponent:g} = ({tokens:.4g}/{rule.base_tokens:.4g})^"
                 f"{rule.token_exponent:g}]"
             )
+        described = (
+            plan_lines(model.hf_config, scale)
+            if model.is_hf
+            else (
+                f"model: depth {model.depth}, width {model.width}, vocabulary "
+                f"{model.vocab_size}, {scale.params / 1e6:.2f}M dense-equivalent parameters "
+                "(N of docs/method.md §4)",
+            )
+        )
         explanation = (
-            f"model: depth {model.depth}, width {model.width}, vocabulary {model.vocab_size}, "
-            f"{scale.params / 1e6:.2f}M dense-equivalent parameters (N of docs/method.md §4)",
+            *described,
             f"budget: {tokens:,} tokens = {steps} steps x {batch_tokens:,} tokens "
             f"({tokens / scale.params:.3g} tokens/parameter)",
             how,
@@ -401,7 +432,13 @@ def _field_types(section_class: type) -> dict[str, Any]:
 
 
 _NONE = ("none", "null", "")
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    dict: "a table (JSON on the command line)",
+}
 
 
 def coerce(section: str, key: str, value: Any, *, text: bool = True) -> Any:
@@ -434,6 +471,11 @@ def coerce(section: str, key: str, value: Any, *, text: bool = True) -> Any:
 
 def _parse_text(text: str, base: type, optional: bool, name: str) -> Any:
     try:
+        if base is dict:  # a table on the command line: JSON
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
         if base is bool:
             lowered = text.lower()
             if lowered in ("1", "true", "yes", "on"):
@@ -447,7 +489,7 @@ def _parse_text(text: str, base: type, optional: bool, name: str) -> Any:
                 raise ValueError
             return int(number)
         return float(number)
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError):  # json.JSONDecodeError is a ValueError
         raise ValueError(
             f"--{name} {text!r} is not a valid {base.__name__} "
             f"(expected {_TYPE_NAMES.get(base, base.__name__)})"
@@ -531,8 +573,6 @@ def load_config(
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
     """The resolved config a run directory was trained with (its ``config.json``)."""
-    import json
-
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.json")

@@ -162,8 +162,11 @@ class Parallel:
     replicate_group: dist.ProcessGroup | None = None
 
 
-def parallelize(model: nn.Module, dist_info: Distributed, strategy: str, shard_size: int = 0):
-    """Wrap ``model`` (whose ``blocks`` are its transformer blocks) for ``strategy``."""
+def parallelize(
+    model: nn.Module, dist_info: Distributed, strategy: str, shard_size: int = 0, layers=None
+):
+    """Wrap ``model`` for ``strategy``; FSDP2 shards each of ``layers`` (default: the
+    model's ``blocks``), then the root."""
     if not dist_info.enabled:
         return Parallel(model)
     if strategy == "ddp":
@@ -188,7 +191,7 @@ def parallelize(model: nn.Module, dist_info: Distributed, strategy: str, shard_s
         )
     else:
         mesh = init_device_mesh(dist_info.device.type, (world,), mesh_dim_names=("shard",))
-    for block in model.blocks:
+    for block in model.blocks if layers is None else layers:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return Parallel(model)

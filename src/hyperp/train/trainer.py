@@ -37,6 +37,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from hyperp import monitor
 from hyperp.data import Corpus, TrainLoader, default_corpus, open_corpus, validation_batches
 from hyperp.fileio import atomic_write_json, atomic_write_text
+from hyperp.hf import CausalLM, build_hf_model, decoder_layers
 from hyperp.model import Transformer
 from hyperp.model.transformer import checkpoint_blocks
 from hyperp.optim import GroupedOptimizer, build_optimizer
@@ -254,7 +255,8 @@ class Trainer:
         if not self.dist.is_main:
             corpus = _open_corpus(self.config, prepare=True)
         self._corpus = corpus
-        config = self.config.resolve(corpus.vocab_size)
+        resuming = self.resume != "never" and bool(list_checkpoints(self.checkpoint_dir))
+        config = self.config.resolve(corpus.vocab_size, self._saved_hf_config(resuming))
         train, world = config.train, self.dist.world_size
         if train.seq_len > config.model.context:
             raise ValueError(
@@ -268,7 +270,6 @@ class Trainer:
             )
         # A resume takes its weights from the checkpoint: init_from is read only on a fresh start
         # (the file may be gone by then), and checked before any file is written.
-        resuming = self.resume != "never" and bool(list_checkpoints(self.checkpoint_dir))
         self._init_from = "" if resuming else train.init_from
         if self._init_from:
             check_initial_weights(self._init_from, config.model)
@@ -292,6 +293,14 @@ class Trainer:
                     "another --out"
                 )
         return config
+
+    def _saved_hf_config(self, resuming: bool) -> dict | None:
+        """A resumed Hugging Face run's model config, as the run recorded it: files outside the
+        run directory (``model.hf``) are read on a fresh start only."""
+        saved = self.out_dir / "config.json"
+        if not (resuming and self.config.model.is_hf and saved.is_file()):
+            return None
+        return json.loads(saved.read_text()).get("model", {}).get("hf_config")
 
     def _ns_dtype(self, config: RunConfig) -> tuple[str, str]:
         """Newton-Schulz precision and why; rank 0 decides so that every rank agrees."""
@@ -320,13 +329,14 @@ class Trainer:
     def _build(self, config: RunConfig, plan: RunPlan) -> _Run:
         train, dist = config.train, self.dist
         torch.manual_seed(train.seed)  # identical initial weights on every rank
-        model = Transformer(config.model).to(dist.device)
+        model = self._model(config).to(dist.device)
         checkpoint_blocks(model, train.activation_checkpointing)
         if self._init_from:  # before the optimizer, which takes the radii from the weights
             load_initial_weights(model, self._init_from, config.model)
         roles = role_map(model)  # before sharding, which drops what tensors carry
         shard_size = train.shard_size or int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
-        parallel = parallelize(model, dist, train.distributed, shard_size)
+        layers = decoder_layers(model) if config.model.is_hf else model.blocks
+        parallel = parallelize(model, dist, train.distributed, shard_size, layers)
         module = torch.compile(parallel.module) if train.compile else parallel.module
         ns_dtype, ns_reason = self._ns_dtype(config)
         optimizer, scheduler = _optimizer(config, plan, model, roles, parallel, ns_dtype)
@@ -376,6 +386,16 @@ class Trainer:
         )  # fmt: skip
         self._write_run_files(run, f"{ns_reason}{autocast_note}")
         return run
+
+    def _model(self, config: RunConfig) -> nn.Module:
+        """Our Transformer, or a Hugging Face model (:class:`hyperp.hf.CausalLM`): on a fresh
+        start from its ``model.hf`` directory (with the weights there, if any), on a resume from
+        the recorded config (the checkpoint has the weights)."""
+        model = config.model
+        if not model.is_hf:
+            return Transformer(model)
+        fresh = model.hf and not list_checkpoints(self.checkpoint_dir)
+        return CausalLM(build_hf_model(model.hf if fresh else model.hf_config))
 
     def _write_run_files(self, run: _Run, precision_note: str) -> None:
         if not self.dist.is_main:
@@ -638,7 +658,11 @@ class Trainer:
             "tokens": plan.tokens,
             "flops": plan.flops,
             "params": plan.params,
-            "params_total": config.model.num_params(),
+            "params_total": (
+                sum(p.numel() for p in run.model.parameters())
+                if config.model.is_hf
+                else config.model.num_params()
+            ),
             "depth": config.model.depth,
             "width": config.model.width,
             "batch_tokens": plan.batch_tokens,
