@@ -42,6 +42,7 @@ PARSE_ONLY = {
     "runs/tokens": "the results of a token sweep",
     "--step 200": "a checkpoint at step 200",
     "sweep sweeps/lr-width.toml": "15 trainings of 200 steps (its --dry-run, status and cancel run)",
+    "llama.toml": "a Hugging Face model's run (tests/test_hf_train.py trains and dry-runs one)",
 }
 RUNNABLE_SWEEP = ("--dry-run", "status", "cancel")
 

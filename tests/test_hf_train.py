@@ -5,9 +5,11 @@ against FSDP2 on 2 gloo ranks, and eval, generate and export of such a run."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,3 +198,14 @@ def test_one_process_and_fsdp2_on_two_ranks_agree_through_the_trainer(corpus, tm
                           text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert_equal_up_to_rounding(reference, tmp_path / "fsdp", "fp32")
+
+
+def test_the_documented_llama_toml_plans(corpus, tmp_path, capsys):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "own-model.md").read_text()
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", text, re.S) if "llama.toml" in b)
+    (tmp_path / "llama.toml").write_text(block)
+    assert main(["train", "--dry-run", "--config", str(tmp_path / "llama.toml"),
+                 "--data.path", str(corpus)]) == 0  # fmt: skip
+    shown = capsys.readouterr().out
+    assert "depth 4 (num_hidden_layers), width 256 (hidden_size)" in shown
+    assert "300 steps" in shown
