@@ -209,3 +209,29 @@ def test_the_documented_llama_toml_plans(corpus, tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "depth 4 (num_hidden_layers), width 256 (hidden_size)" in shown
     assert "300 steps" in shown
+
+
+def test_a_sweep_plans_hf_runs_through_the_override_path(corpus, tmp_path, capsys):
+    toml = tmp_path / "llama.toml"
+    toml.write_text(
+        "[model.hf_config]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in LLAMA.items())
+    )
+    (tmp_path / "sweep.toml").write_text(
+        f'base = "llama.toml"\nout = "runs"\n[set]\n"data.path" = "{corpus}"\n'
+        '"train.steps" = 2\n[axes]\n"optim.base_lr" = [0.01, 0.02]\n"model.hf_config" = '
+        f"[{inline(LLAMA)}, {inline({**LLAMA, 'num_hidden_layers': 3})}]\n"
+        '[launcher]\nkind = "local"\n'
+    )
+    assert main(["sweep", str(tmp_path / "sweep.toml"), "--dry-run"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.count("[run, pending]") == 4
+    assert shown.count(f"params={hf_params(LLAMA)}") == 2
+    assert shown.count(f"params={hf_params({**LLAMA, 'num_hidden_layers': 3})}") == 2
+
+
+def hf_params(hf) -> int:
+    return sum(p.numel() for p in _model(hf).parameters())
+
+
+def inline(table: dict) -> str:
+    return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in table.items()) + "}"
