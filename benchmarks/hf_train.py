@@ -95,7 +95,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of both sides")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     log_every = 5
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(args.data) if args.data else small_corpus(Path(scratch) / "corpus")
@@ -123,6 +125,7 @@ def main() -> None:
             "train.monitor_every": 0,
             "train.checkpoint_every": 0,
             "train.progress": False,
+            "train.threads": args.threads,
         }
         config = load_config(None, overrides).resolve(corpus.vocab_size)
         print(

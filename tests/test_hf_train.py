@@ -235,3 +235,27 @@ def hf_params(hf) -> int:
 
 def inline(table: dict) -> str:
     return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in table.items()) + "}"
+
+
+def test_a_model_directory_whose_index_points_outside_it_is_refused(corpus, tmp_path):
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    model = _model(LLAMA)
+    (tmp_path / "outside").mkdir()
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_path / "outside" / "w.safetensors"), metadata={"format": "pt"})
+    directory = tmp_path / "model"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(LLAMA))
+    index = {"metadata": {}, "weight_map": {k: "../outside/w.safetensors" for k in state}}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    # transformers 5.25 refuses it too, but only when the model is built, after the run
+    # directory is taken; hyperp refuses it when the config resolves, before any file
+    with pytest.raises(ValueError, match="outside the model directory"):
+        AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="not a file beside it") as error:
+        train(hf_run(corpus, **{"model.hf": str(directory)}), out)
+    assert "model.hf" in str(error.value) and "\n" not in str(error.value)
+    assert not out.exists()

@@ -200,6 +200,10 @@ def resolve_hf(
                 "Hugging Face model directory (nothing is downloaded)"
             )
         data = read_hf_config(directory)
+        if (directory / "model.safetensors.index.json").is_file():
+            from hyperp.train.initial import _weight_files
+
+            _weight_files(directory, "model.hf")  # every shard a file beside the index
     if optim.method == "muon" and (optim.base_depth or 0) not in (0, hf_shape(data)["depth"]):
         raise ValueError(
             "the Muon baseline multiplies the logits by d0/d, which a Hugging Face model has no "

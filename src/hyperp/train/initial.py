@@ -34,24 +34,23 @@ __all__ = ["check_initial_weights", "load_initial_weights"]
 _INDEX = "model.safetensors.index.json"
 
 
-def _weight_files(path: Path) -> list[Path]:
-    """The safetensors files at ``path``, each inside the directory it came in."""
+def _weight_files(path: Path, setting: str = "train.init_from") -> list[Path]:
+    """The safetensors files at ``path``, each inside the directory it came in; errors name
+    ``setting``."""
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise ValueError(f"train.init_from {path}: no such file or directory")
+        raise ValueError(f"{setting} {path}: no such file or directory")
     if (path / _INDEX).is_file():
         try:
             weight_map = json.loads((path / _INDEX).read_text())["weight_map"]
             names = sorted(set(weight_map.values()))
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise ValueError(
-                f"train.init_from {path / _INDEX} is not a safetensors index"
-            ) from None
+            raise ValueError(f"{setting} {path / _INDEX} is not a safetensors index") from None
         for name in names:
             if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
                 raise ValueError(
-                    f"train.init_from {path / _INDEX} names {name!r}, which is not a file "
+                    f"{setting} {path / _INDEX} names {name!r}, which is not a file "
                     "beside it; shards must sit in the same directory"
                 )
         return [path / name for name in names]
