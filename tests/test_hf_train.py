@@ -27,6 +27,9 @@ LLAMA = {"model_type": "llama", "vocab_size": 512, "hidden_size": 32, "num_hidde
          "max_position_embeddings": 64}  # fmt: skip
 GPT2 = {"model_type": "gpt2", "vocab_size": 512, "n_embd": 32, "n_layer": 2, "n_head": 2,
         "n_positions": 64, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "bos_token_id": 0, "eos_token_id": 0}  # fmt: skip
+MIXTRAL = {**{k: v for k, v in LLAMA.items() if k != "model_type"}, "model_type": "mixtral",
+           "intermediate_size": 32, "num_local_experts": 4, "num_experts_per_tok": 2,
+           "output_router_logits": True}  # fmt: skip
 RUN = {
     "train.batch_size": 8,
     "train.seq_len": 32,
@@ -46,7 +49,9 @@ def hf_run(corpus, **overrides):
     return load_config(None, {**RUN, "data.path": str(corpus), **overrides})
 
 
-@pytest.mark.parametrize("hf", [LLAMA, GPT2], ids=["llama", "gpt2-conv1d-tied"])
+@pytest.mark.parametrize(
+    "hf", [LLAMA, GPT2, MIXTRAL], ids=["llama", "gpt2-conv1d-tied", "mixtral-moe"]
+)
 def test_a_hf_config_trains_and_records_what_rebuilds_it(corpus, tmp_path, hf):
     out = tmp_path / "run"
     result = train(hf_run(corpus, **{"model.hf_config": hf}), out)
@@ -55,6 +60,8 @@ def test_a_hf_config_trains_and_records_what_rebuilds_it(corpus, tmp_path, hf):
     # it learns: from ln 512 = 6.24 (Llama's 0.02 init starts slowly: 6.25 -> 6.12 in 8 steps)
     assert losses[8] < losses[1] - 0.1
     assert logged(out, "val_loss")[8] < logged(out, "val_loss")[4]
+    # Mixtral's own balancing loss, weighted by its router_aux_loss_coef, joins the loss
+    assert (logged(out, "aux_loss")[8] > 0) == (hf is MIXTRAL)
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["hf_config"] == hf  # the run's own copy of the model's config
     assert (saved["model"]["depth"], saved["model"]["width"]) == (2, 32)  # mirrored shape
