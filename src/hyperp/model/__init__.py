@@ -1,8 +1,13 @@
-"""The paper's dense and MoE transformer family (docs/method.md §3)."""
+"""The paper's dense and MoE transformer family (docs/method.md §3).
+
+``ModelConfig`` is plain data and loads no torch; the modules are imported on first use, so
+that the run's config (:mod:`hyperp.train.config`) and the sweep and reproduction readers built
+on it stay free of torch.
+"""
+
+from typing import Any
 
 from hyperp.model.config import ModelConfig
-from hyperp.model.moe import MoE, SwiGLU, load_balancing_loss
-from hyperp.model.transformer import Block, KVCache, ModelOutput, RMSNorm, Transformer
 
 __all__ = [
     "Block",
@@ -15,3 +20,22 @@ __all__ = [
     "Transformer",
     "load_balancing_loss",
 ]
+
+_MODULES = {
+    "MoE": "moe",
+    "SwiGLU": "moe",
+    "load_balancing_loss": "moe",
+    "Block": "transformer",
+    "KVCache": "transformer",
+    "ModelOutput": "transformer",
+    "RMSNorm": "transformer",
+    "Transformer": "transformer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module 'hyperp.model' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"hyperp.model.{_MODULES[name]}"), name)
