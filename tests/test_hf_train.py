@@ -70,6 +70,7 @@ def test_a_hf_config_trains_and_records_what_rebuilds_it(corpus, tmp_path, hf):
     assert {"residual_rms/0", "residual_rms/1", "outlier_pct", "logit_rms"} <= set(monitored)
     log = (out / "train.log").read_text()
     assert "not applicable to this model: Depth-muP" in log
+    assert ("every expert" in log) == (hf is MIXTRAL)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["params_total"] == sum(
         p.numel() for p in _model(hf).parameters()
@@ -157,6 +158,12 @@ def test_resume_is_bit_exact_and_needs_no_source_directory(corpus, tmp_path):
     assert train(config, halves).status == "finished"
     assert_same_weights(straight, halves)
     assert logged(straight) == logged(halves)
+    # a model.hf_config table is the user's own setting: a changed one is not resumed
+    table = hf_run(corpus, **{"model.hf_config": LLAMA, **PIN_FP32, "train.steps": 4})
+    train(table, tmp_path / "table", stop_after=2)
+    changed = {"model.hf_config": {**LLAMA, "intermediate_size": 32}, **PIN_FP32}
+    with pytest.raises(ValueError, match="different config"):
+        train(hf_run(corpus, **{**changed, "train.steps": 4}), tmp_path / "table")
 
 
 def test_eval_generate_and_export_of_a_hf_run(corpus, tmp_path, capsys):

@@ -243,7 +243,12 @@ def plan_lines(data: Mapping[str, Any], scale: ModelScale) -> tuple[str, ...]:
         f"model: {architecture} (Hugging Face), depth {scale.depth} (num_hidden_layers), width "
         f"{scale.width} (hidden_size), vocabulary {scale.vocab_size}, {scale.params / 1e6:.2f}M "
         f"parameters counted from the model (a tied head twice); FLOPs per token 6N + "
-        f"attention over train.seq_len = {scale.context}",
+        f"attention over train.seq_len = {scale.context}"
+        + (
+            "; an MoE's FLOPs count every expert, not only the routed ones (an overestimate)"
+            if any(key in data for key in ("num_local_experts", "num_experts", "n_routed_experts"))
+            else ""
+        ),
         *(f"not applicable to this model: {line}" for line in NOT_APPLICABLE),
     )
 

@@ -295,10 +295,11 @@ class Trainer:
         return config
 
     def _saved_hf_config(self, resuming: bool) -> dict | None:
-        """A resumed Hugging Face run's model config, as the run recorded it: files outside the
-        run directory (``model.hf``) are read on a fresh start only."""
+        """A resumed run's model config from ``model.hf``, as the run recorded it: files outside
+        the run directory are read on a fresh start only (a ``model.hf_config`` table is the
+        user's own and is compared with the recorded one like any setting)."""
         saved = self.out_dir / "config.json"
-        if not (resuming and self.config.model.is_hf and saved.is_file()):
+        if not (resuming and self.config.model.hf and saved.is_file()):
             return None
         return json.loads(saved.read_text()).get("model", {}).get("hf_config")
 
