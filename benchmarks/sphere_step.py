@@ -9,6 +9,11 @@ rounds; the ratio fused / loop of each round is printed as median (min-max).
 
     python benchmarks/sphere_step.py                       # 64 x 256^2 and 64 x 64^2, CPU
     python benchmarks/sphere_step.py --device cuda --rounds 9
+    python benchmarks/sphere_step.py --optimizer 128 4   # whole MuonH steps, width 128, depth 4
+
+``--optimizer WIDTH DEPTH`` times whole optimizer steps on a transformer's hidden matrices
+(benchmarks/optim_step.py's shapes): MuonH, MuonH with the per-matrix loop, and the Muon
+baseline, each round's times as ratios to Muon's.
 """
 
 from __future__ import annotations
@@ -102,6 +107,42 @@ def compare(device: torch.device, count: int, size: int, rounds: int, calls: int
     }
 
 
+def optimizer_steps(device: torch.device, width: int, depth: int, rounds: int, calls: int) -> dict:
+    """Whole steps of MuonH (fused), MuonH (loop) and Muon, interleaved; ratios to Muon."""
+    from optim_step import hidden_matrix_shapes, make_params
+
+    shapes = hidden_matrix_shapes(width, depth, 64, 4)
+    variants = {
+        "MuonH": (optimizers.MuonH, contextlib.nullcontext),
+        "MuonH, loop": (optimizers.MuonH, per_matrix_sphere_step),
+        "Muon": (optimizers.Muon, contextlib.nullcontext),
+    }
+    built = {}
+    for name, (kind, context) in variants.items():
+        torch.manual_seed(0)
+        params = make_params(shapes, device)
+        for p in params:
+            p.grad = torch.randn_like(p)
+        built[name] = (kind(params, lr=0.02), context)
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for round_index in range(rounds + 1):  # round 0 warms up
+        for name, (optimizer, context) in built.items():
+            _sync(device)
+            begin = time.perf_counter()
+            with context():
+                for _ in range(calls):
+                    optimizer.step()
+            _sync(device)
+            if round_index:
+                seconds[name].append((time.perf_counter() - begin) / calls)
+    report = {"matrices": len(shapes), "ms_per_step": {}, "over_muon": {}}
+    for name, values in seconds.items():
+        ratios = [v / m for v, m in zip(values, seconds["Muon"])]
+        report["ms_per_step"][name] = 1e3 * statistics.median(values)
+        report["over_muon"][name] = [statistics.median(ratios), min(ratios), max(ratios)]
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -111,8 +152,16 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 64])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", type=int, default=20, help="steps timed per round")
+    parser.add_argument("--optimizer", type=int, nargs=2, metavar=("WIDTH", "DEPTH"))
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.optimizer:
+        result = optimizer_steps(device, *args.optimizer, args.rounds, args.calls)
+        print(f"{result['matrices']} hidden matrices, width {args.optimizer[0]}:")
+        for name, (median, low, high) in result["over_muon"].items():
+            ms = result["ms_per_step"][name]
+            print(f"  {name:12s} {ms:8.2f} ms per step, {median:.3f}x Muon ({low:.3f}-{high:.3f})")
+        return
     for size in args.sizes:
         result = compare(device, args.count, size, args.rounds, args.calls)
         ms, (median, low, high) = result["ms_per_call"], result["fused_over_loop"]
