@@ -8,8 +8,10 @@ error and the check goes on; one that would not fit in what is left is skipped a
 2. training the d8 dense model (batch 16 x 4096 tokens, bf16 autocast, random tokens): tokens/s,
    MFU against the GPU's dense bf16 peak and peak memory, eager against ``torch.compile`` and
    against per-block activation checkpointing, in interleaved rounds; the optimizer's share of a
-   step, MuonH minus the Muon baseline;
-3. MuonH's step against ``torch.optim.Muon`` at equal (bf16) precision;
+   step, MuonH minus the Muon baseline, and the same with MuonH's sphere step one matrix at a
+   time (the loop it replaced, from benchmarks/sphere_step.py);
+3. MuonH's step against ``torch.optim.Muon`` at equal (bf16) precision, and the sphere step alone
+   on 64 matrices, all at once against one at a time;
 4. the MoE expert computation: grouped GEMM against one matmul per expert;
 5. the sharded MuonH step on 2 GPUs against 1 (skipped with one GPU), and the bytes the sharded
    exchange sends per rank and step (2 gloo processes on the CPU: a count, not a timing).
@@ -21,6 +23,7 @@ error and the check goes on; one that would not fit in what is left is skipped a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -37,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hyperp.optim import MuonH
 from optim_step import hidden_matrix_shapes, measure
+from sphere_step import per_matrix_sphere_step
 
 # Dense bf16 tensor-core peaks (FLOP/s, no sparsity) of the GPUs this check knows.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12}
@@ -106,7 +110,14 @@ class _Variant:
     """One model + optimizer trained in rounds: eager, compiled or activation-checkpointed."""
 
     def __init__(
-        self, config, device, method: str, compile_model: bool, checkpoint: bool, autocast: bool
+        self,
+        config,
+        device,
+        method: str,
+        compile_model: bool,
+        checkpoint: bool,
+        autocast: bool,
+        sphere_loop: bool = False,
     ) -> None:
         from hyperp.model import Transformer
         from hyperp.optim import build_optimizer
@@ -122,6 +133,8 @@ class _Variant:
         self.optimizer = build_optimizer(self.model, method, lr=0.004, roles=roles)
         self.module = torch.compile(self.model) if compile_model else self.model
         self.device, self.autocast = device, autocast
+        # The sphere step one matrix at a time, as before it was fused (a baseline).
+        self.optimizer_context = per_matrix_sphere_step if sphere_loop else contextlib.nullcontext
         self.step_times: list[float] = []
         self.optimizer_times: list[float] = []
         self.peak_bytes = 0
@@ -140,7 +153,8 @@ class _Variant:
             loss.backward()
             _sync(device)
             middle = time.perf_counter()
-            self.optimizer.step()
+            with self.optimizer_context():
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             _sync(device)
             end = time.perf_counter()
@@ -153,19 +167,29 @@ class _Variant:
 
 
 def training(
-    device: torch.device, smoke: bool, budget: Budget, variants: list[str], shape=None, size=None
+    device: torch.device,
+    smoke: bool,
+    budget: Budget,
+    variants: list[str],
+    shape=None,
+    size=None,
+    autocast: bool = True,
+    rounds_steps: tuple[int, int] | None = None,
 ) -> dict:
-    """Interleaved rounds of each variant; tokens/s ratios against eager per round."""
+    """Interleaved rounds of each variant; tokens/s ratios against eager per round.
+    ``autocast=False``: every variant in fp32 (on a CPU that runs bf16 slower);
+    ``rounds_steps``: rounds, and steps of each variant per round."""
     config = _model_config(smoke, size)
     batch, length = shape or ((2, 64) if smoke else (16, 4096))
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, config.vocab, (batch, length + 1), generator=generator).to(device)
-    specs = {  # method, compile, checkpoint, bf16 autocast
-        "eager": ("hyperp", False, False, True),
-        "compiled": ("hyperp", True, False, True),
-        "checkpointed": ("hyperp", False, True, True),
-        "muon eager": ("muon", False, False, True),
-        "fp32 eager": ("hyperp", False, False, False),
+    specs = {  # method, compile, checkpoint, bf16 autocast, sphere step one matrix at a time
+        "eager": ("hyperp", False, False, autocast, False),
+        "compiled": ("hyperp", True, False, autocast, False),
+        "checkpointed": ("hyperp", False, True, autocast, False),
+        "muon eager": ("muon", False, False, autocast, False),
+        "fp32 eager": ("hyperp", False, False, False, False),
+        "sphere loop eager": ("hyperp", False, False, autocast, True),
     }
     runs: dict[str, _Variant] = {}
     report: dict = {"batch": [batch, length], "params": config.num_params(), "variants": {}}
@@ -180,6 +204,8 @@ def training(
             traceback.print_exc()
             runs.pop(name, None)
     steps, rounds = (2, 3) if smoke else (5 if device.type == "cuda" else 1, 7)
+    if rounds_steps:
+        rounds, steps = rounds_steps
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         if budget.left() < 20:
@@ -189,6 +215,7 @@ def training(
             rates[name].append(steps * batch * length / variant.run(tokens, steps))
     flops_per_token = config.scale().flops_per_token
     peak = _peak(device)
+    shares: dict[str, list[float]] = {}  # the optimizer's share of each measured step
     for name, values in rates.items():
         if not values:
             continue
@@ -201,13 +228,15 @@ def training(
             per_round = [v / e for v, e in zip(values, rates["eager"])]
             entry["tokens_per_s_vs_eager"] = _spread(per_round)
         share = [o / s for o, s in zip(variant.optimizer_times, variant.step_times)]
-        entry["optimizer_share"] = _spread(share[-len(values) * steps :])
+        shares[name] = share[-len(values) * steps :]
+        entry["optimizer_share"] = _spread(shares[name])
         if device.type == "cuda":
             entry["peak_memory_gb"] = variant.peak_bytes / 2**30
-    if rates.get("muon eager"):
-        muonh = report["variants"]["eager"]["optimizer_share"]["median"]
-        muon = report["variants"]["muon eager"]["optimizer_share"]["median"]
-        report["optimizer_share_muonh_minus_muon_points"] = 100 * (muonh - muon)
+    if shares.get("muon eager"):  # step by step: the i-th steps of two variants ran one round
+        for name, key in (("eager", "muonh"), ("sphere loop eager", "sphere_loop")):
+            if shares.get(name):
+                points = [100 * (a - b) for a, b in zip(shares[name], shares["muon eager"])]
+                report[f"optimizer_share_{key}_minus_muon_points"] = _spread(points)
     report["peak_bf16_flops"] = peak
     report["flops_per_token"] = flops_per_token
     return report
@@ -231,6 +260,15 @@ def optimizer_step(device: torch.device, smoke: bool, budget: Budget) -> dict:
         "median_ms": {name: 1e3 * value for name, value in medians.items()},
         "muonh_over_torch_muon": medians["MuonH"] / medians["torch.optim.Muon"],
     }
+
+
+def sphere_steps(device: torch.device, smoke: bool, budget: Budget) -> dict:
+    """benchmarks/sphere_step.py: 64 matrices of d8's width and of a quarter of it."""
+    from sphere_step import compare
+
+    count, sizes = (8, (32,)) if smoke else (64, (1024, 256))
+    return {f"{count}x{size}": compare(device, count, size, 3 if smoke else 7, 5 if smoke else 20)
+            for size in sizes}  # fmt: skip
 
 
 def moe_experts(device: torch.device, smoke: bool, budget: Budget) -> dict:
@@ -340,7 +378,7 @@ def _summary(report: dict) -> list[str]:
     train = sections.get("training", {})
     for name, entry in train.get("variants", {}).items():
         if "tokens_per_s" in entry:
-            line = f"train {name:13s} {entry['tokens_per_s']['median']:10.0f} tok/s"
+            line = f"train {name:17s} {entry['tokens_per_s']['median']:10.0f} tok/s"
             if "mfu" in entry:
                 line += f"  MFU {100 * entry['mfu']:.1f}%"
             if "tokens_per_s_vs_eager" in entry and name != "eager":
@@ -352,12 +390,23 @@ def _summary(report: dict) -> list[str]:
             lines.append(line)
         elif "error" in entry:
             lines.append(f"train {name}: {entry['error'][:200]}")
-    if "optimizer_share_muonh_minus_muon_points" in train:
-        points = train["optimizer_share_muonh_minus_muon_points"]
-        lines.append(f"optimizer share, MuonH minus Muon: {points:+.1f} points")
+    for key, what in (("muonh", "MuonH"), ("sphere_loop", "MuonH, sphere step per matrix,")):
+        points = train.get(f"optimizer_share_{key}_minus_muon_points")
+        if points:
+            lines.append(
+                f"optimizer share, {what} minus Muon: {points['median']:+.1f} points "
+                f"({points['min']:+.1f} to {points['max']:+.1f}, {points['n']} steps)"
+            )
     step = sections.get("optimizer_step", {})
     if "muonh_over_torch_muon" in step:
         lines.append(f"MuonH step / torch.optim.Muon step: {step['muonh_over_torch_muon']:.3f}x")
+    for entry in sections.get("sphere_step", {}).values():
+        if isinstance(entry, dict) and "fused_over_loop" in entry:
+            ratio = entry["fused_over_loop"]
+            lines.append(
+                f"sphere step {entry['matrices']}: all at once / one at a time {ratio[0]:.3f}x "
+                f"({ratio[1]:.3f}-{ratio[2]:.3f}), {entry['ms_per_call']['fused']:.2f} ms"
+            )
     moe = sections.get("moe_experts", {})
     if "grouped_speedup" in moe:
         lines.append(f"MoE grouped GEMM speedup: {moe['grouped_speedup']:.2f}x")
@@ -383,6 +432,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", help="training variants besides eager")
     parser.add_argument("--train-shape", type=int, nargs=2, help="batch and sequence length")
     parser.add_argument("--model-size", type=int, nargs=2, help="depth and width instead of d8")
+    parser.add_argument(
+        "--no-autocast", action="store_true", help="train every variant in fp32 (for a CPU)"
+    )
+    parser.add_argument(
+        "--rounds-steps", type=int, nargs=2, help="training rounds, and steps per round"
+    )
     parser.add_argument("--out", default=os.environ.get("OUT") or "gpu_check")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -402,7 +457,8 @@ def main() -> None:
     # that materializes every score matrix (16 GiB a layer) and runs out of memory.
     fp32 = [] if device.type == "cuda" else ["fp32 eager"]
     variants = args.variants or (
-        ["muon eager", *fp32, "checkpointed"] + ([] if args.no_compile else ["compiled"])
+        ["muon eager", "sphere loop eager", *fp32, "checkpointed"]
+        + ([] if args.no_compile else ["compiled"])
     )
     # (name, seconds it needs at least, function); cheapest and most wanted first.
     sections: list[tuple[str, float, Callable[[], dict]]] = [
@@ -411,10 +467,18 @@ def main() -> None:
             "training",
             90,
             lambda: training(
-                device, args.smoke, budget, variants, args.train_shape, args.model_size
+                device,
+                args.smoke,
+                budget,
+                variants,
+                args.train_shape,
+                args.model_size,
+                autocast=not args.no_autocast,
+                rounds_steps=args.rounds_steps,
             ),
         ),
         ("optimizer_step", 20, lambda: optimizer_step(device, args.smoke, budget)),
+        ("sphere_step", 15, lambda: sphere_steps(device, args.smoke, budget)),
         ("moe_experts", 20, lambda: moe_experts(device, args.smoke, budget)),
         ("sharded_step", 60, lambda: sharded_step(device, args.smoke, budget)),
         ("exchange_bytes", 30, lambda: exchange_bytes(device, args.smoke, budget)),

@@ -253,47 +253,51 @@ class GroupedOptimizer(Optimizer):
         if algorithm in ("adam", "adamh"):
             for state in states:
                 state["step"] += 1
-            adam = [[local(state[k]) for state in states] for k in ("exp_avg", "exp_avg_sq")]
-            adam.append([state["step"] for state in states])
+            moments = [[local(state[k]) for state in states] for k in ("exp_avg", "exp_avg_sq")]
+            optimizer_state = [*moments, [state["step"] for state in states]]
             hyper |= {"betas": group["betas"], "eps": group["eps"]}
         else:
-            buffers = [local(state["momentum_buffer"]) for state in states]
+            optimizer_state = [[local(state["momentum_buffer"]) for state in states]]
             hyper |= {"momentum": group["momentum"], "nesterov": group["nesterov"]}
             hyper["orthogonalize"] = self._orthogonalizer(index, group, params)
         if algorithm == "adam":
-            updates.adam_update([local(p) for p in params], grads, *adam, **hyper)
+            updates.adam_update([local(p) for p in params], grads, *optimizer_state, **hyper)
         elif algorithm == "muon":
             hyper["decay"] = hyper.pop("weight_decay") * self._decay_factor(group)
             hyper["scales"] = self._muon_scales(index, group, params)
-            updates.muon_update([local(p) for p in params], grads, buffers, **hyper)
+            updates.muon_update([local(p) for p in params], grads, *optimizer_state, **hyper)
         else:
-            layouts, grid, _ = self._plan(index, group, params, need_work=False)
-            weights = [local(p) for p in params]
-            work = [w if w.dtype == torch.float32 else w.float() for w in weights]
-            per_tensor = group["sphere"] == "tensor"
-            radii = [
-                _local_slices(state["radius"], layout, grid)
-                for state, layout in zip(states, layouts)
+            self._sphere_update(index, group, params, grads, optimizer_state, hyper)
+
+    def _sphere_update(self, index, group, params, grads, optimizer_state, hyper) -> None:
+        """MuonH or AdamH on fp32 ``(slices, rows, cols)`` views of this rank's parts, with the
+        norms of every sphere summed over the shard group; parameters stored in another dtype
+        get the result copied back."""
+        layouts, grid, _ = self._plan(index, group, params, need_work=False)
+        weights = [local(p) for p in params]
+        work = [w if w.dtype == torch.float32 else w.float() for w in weights]
+        per_tensor = group["sphere"] == "tensor"
+        radii = [
+            _local_slices(self.state[p]["radius"], layout, grid)
+            for p, layout in zip(params, layouts)
+        ]
+
+        def sphere_norms(views: list[torch.Tensor]) -> list[torch.Tensor]:
+            norms = reduce_slice_norms(layouts, grid, views, self.step_stats)
+            return [
+                _local_slices(_sphere_norm(norm, per_tensor), layout, grid)
+                for norm, layout in zip(norms, layouts)
             ]
 
-            def sphere_norms(views: list[torch.Tensor]) -> list[torch.Tensor]:
-                norms = reduce_slice_norms(layouts, grid, views, self.step_stats)
-                return [
-                    _local_slices(_sphere_norm(norm, per_tensor), layout, grid)
-                    for norm, layout in zip(norms, layouts)
-                ]
+        def views(tensors) -> list[torch.Tensor]:
+            return [layout.view(t) for layout, t in zip(layouts, tensors)]
 
-            def views(tensors) -> list[torch.Tensor]:
-                return [layout.view(t) for layout, t in zip(layouts, tensors)]
-
-            hyper |= {"sphere_norms": sphere_norms, "views": views}
-            if algorithm == "muonh":
-                updates.muonh_update(work, grads, buffers, radii, **hyper)
-            else:
-                updates.adamh_update(work, grads, *adam, radii, **hyper)
-            for w, target in zip(work, weights):
-                if w is not target:
-                    target.copy_(w)
+        hyper |= {"sphere_norms": sphere_norms, "views": views}
+        update = updates.muonh_update if group["algorithm"] == "muonh" else updates.adamh_update
+        update(work, grads, *optimizer_state, radii, **hyper)
+        for w, target in zip(work, weights):
+            if w is not target:
+                target.copy_(w)
 
     def _orthogonalizer(self, index, group, params):
         """Newton-Schulz of every matrix by its owner rank (:mod:`hyperp.optim.sharding`),

@@ -407,6 +407,24 @@ def orthogonalize(
     return outputs
 
 
+def _local_slice_norms(
+    layouts: list[MatrixLayout], tensors: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Frobenius norm (fp32) of every slice of this rank's part of each tensor: one
+    multi-tensor norm for all parts that hold one matrix, one batched norm per bank."""
+    views = [layout.view(tensor) for layout, tensor in zip(layouts, tensors)]
+    single = [i for i, view in enumerate(views) if view.shape[0] == 1]
+    norms: list[torch.Tensor | None] = [None] * len(views)
+    if single:
+        whole = torch._foreach_norm([views[i] for i in single], 2, dtype=torch.float32)
+        for i, norm in zip(single, whole):
+            norms[i] = norm.reshape(1)
+    for i, view in enumerate(views):
+        if norms[i] is None:
+            norms[i] = torch.linalg.vector_norm(view, dim=(-2, -1), dtype=torch.float32)
+    return norms
+
+
 def reduce_slice_norms(
     layouts: list[MatrixLayout],
     grid: Grid,
@@ -414,18 +432,19 @@ def reduce_slice_norms(
     stats: StepStats | None = None,
 ) -> list[torch.Tensor]:
     """Frobenius norm of every matrix (all ``count`` slices of each parameter, in fp32), from
-    this rank's parts: partial sums of squares, summed over the shard group."""
-    partials = []
-    for layout, tensor in zip(layouts, tensors):
-        squares = layout.view(tensor).float().square().sum(dim=(-2, -1))
-        full = squares.new_zeros(layout.count)
+    this rank's parts: partial sums of squares, summed over the shard group in one all-reduce."""
+    norms = _local_slice_norms(layouts, tensors)
+    if grid.shard_size == 1:
+        return norms
+    # One vector of every slice of every parameter, zero where another shard holds the slice.
+    zeros = norms[0].new_zeros(max(layout.count for layout in layouts))
+    pieces = []
+    for layout, norm in zip(layouts, norms):
         first, last = layout.slices_on(grid.shard_rank)
-        full[first:last] = squares
-        partials.append(full)
-    flat = torch.cat(partials)
-    if grid.shard_size > 1:
-        dist.all_reduce(flat, group=grid.shard_group)
-        if stats is not None:
-            stats.sent_bytes += flat.numel() * flat.element_size()
-            stats.received_bytes += flat.numel() * flat.element_size()
-    return list(flat.sqrt().split([layout.count for layout in layouts]))
+        pieces += [zeros[:first], norm, zeros[: layout.count - last]]
+    flat = torch.cat(pieces).square_()
+    dist.all_reduce(flat, group=grid.shard_group)
+    if stats is not None:
+        stats.sent_bytes += flat.numel() * flat.element_size()
+        stats.received_bytes += flat.numel() * flat.element_size()
+    return list(flat.sqrt_().split([layout.count for layout in layouts]))

@@ -255,7 +255,8 @@ class Trainer:
         if not self.dist.is_main:
             corpus = _open_corpus(self.config, prepare=True)
         self._corpus = corpus
-        resuming = self.resume != "never" and bool(list_checkpoints(self.checkpoint_dir))
+        checkpoints = list_checkpoints(self.checkpoint_dir)
+        self._resuming = resuming = self.resume != "never" and bool(checkpoints)
         config = self.config.resolve(corpus.vocab_size, self._saved_hf_config(resuming))
         train, world = config.train, self.dist.world_size
         if train.seq_len > config.model.context:
@@ -274,7 +275,7 @@ class Trainer:
         if self._init_from:
             check_initial_weights(self._init_from, config.model)
         has_run = (self.out_dir / "metrics.jsonl").exists() or any(self.checkpoint_dir.glob("*"))
-        if self.resume == "must" and not list_checkpoints(self.checkpoint_dir):
+        if self.resume == "must" and not checkpoints:
             raise FileNotFoundError(
                 f"no checkpoint to resume in {self.checkpoint_dir}; drop --resume must to start"
             )
@@ -304,7 +305,7 @@ class Trainer:
         return json.loads(saved.read_text()).get("model", {}).get("hf_config")
 
     def _ns_dtype(self, config: RunConfig) -> tuple[str, str]:
-        """Newton-Schulz precision and why; rank 0 decides so that every rank agrees."""
+        """Newton-Schulz precision and why."""
         if config.optim.ns_dtype != "auto":
             dtype = config.optim.ns_dtype
             return dtype, f"Newton-Schulz runs in {dtype} (optim.ns_dtype)"
@@ -312,20 +313,26 @@ class Trainer:
             return "bf16", "Newton-Schulz runs in bf16 (the default on CUDA)"
         from hyperp.optim.precision import cpu_ns_choice
 
-        dtype, why = cpu_ns_choice() if self.dist.is_main else (None, "")
-        bf16 = self.dist.broadcast_int(int(dtype == torch.bfloat16) if self.dist.is_main else 0)
+        bf16, why = self._cpu_bf16(cpu_ns_choice)
         return ("bf16" if bf16 else "fp32"), why
 
     def _cpu_autocast(self, config: RunConfig) -> tuple[torch.dtype | None, str]:
-        """bf16 autocast for ``train.precision = "auto"`` on a CPU that runs it faster (rank 0
-        decides, as for Newton-Schulz); a note for the log."""
+        """bf16 autocast for ``train.precision = "auto"`` on a CPU that runs it faster; a note
+        for the log."""
         if config.train.precision != "auto" or self.dist.device.type != "cpu":
             return None, ""
         from hyperp.optim.precision import cpu_autocast_choice
 
-        dtype, why = cpu_autocast_choice() if self.dist.is_main else (None, "")
-        bf16 = self.dist.broadcast_int(int(dtype == torch.bfloat16) if self.dist.is_main else 0)
+        bf16, why = self._cpu_bf16(cpu_autocast_choice)
         return (torch.bfloat16 if bf16 else None), f"; {why}"
+
+    def _cpu_bf16(self, choice: Callable[[], tuple[torch.dtype, str]]) -> tuple[bool, str]:
+        """Whether a precision choice of :mod:`hyperp.optim.precision` picked bf16, and why:
+        rank 0 decides (measures, or reads its cache) and tells the others, so every rank
+        agrees."""
+        dtype, why = choice() if self.dist.is_main else (None, "")
+        bf16 = self.dist.broadcast_int(int(dtype == torch.bfloat16) if self.dist.is_main else 0)
+        return bool(bf16), why
 
     def _build(self, config: RunConfig, plan: RunPlan) -> _Run:
         train, dist = config.train, self.dist
@@ -395,7 +402,7 @@ class Trainer:
         model = config.model
         if not model.is_hf:
             return Transformer(model)
-        fresh = model.hf and not list_checkpoints(self.checkpoint_dir)
+        fresh = model.hf and not self._resuming
         return CausalLM(build_hf_model(model.hf if fresh else model.hf_config))
 
     def _write_run_files(self, run: _Run, precision_note: str) -> None:
