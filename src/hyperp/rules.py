@@ -23,6 +23,7 @@ __all__ = [
     "TransferRule",
     "describe_schedule",
     "lr_schedule",
+    "muon_logit_multiplier",
     "parse_number",
     "transfer",
 ]
@@ -204,6 +205,11 @@ def transfer(
         steps=max(1, math.ceil(tokens / batch)),
         rule=rule,
     )
+
+
+def muon_logit_multiplier(base_depth: int, depth: int) -> float:
+    """The Muon baseline's output-logit multiplier ``d0/d`` (docs/method.md §2.5)."""
+    return base_depth / depth
 
 
 SCHEDULES = ("linear", "cosine", "wsd")

@@ -27,6 +27,7 @@ import hyperp.monitor
 from hyperp.fileio import atomic_write
 from hyperp.model.config import ModelConfig
 from hyperp.model.transformer import Transformer
+from hyperp.rules import muon_logit_multiplier
 
 __all__ = [
     "DEFAULT_LR",
@@ -267,7 +268,8 @@ def coord_check(
                 **(model_overrides or {}),
             )
             if method == "muon":
-                config = replace(config, logit_multiplier=result.depths[0] / depth)
+                multiplier = muon_logit_multiplier(result.depths[0], depth)
+                config = replace(config, logit_multiplier=multiplier)
             torch.manual_seed(seed)
             model = Transformer(config).to(device)
             optimizer = method_optimizer(model, method, lr, depth_ratio=result.depths[0] / depth)

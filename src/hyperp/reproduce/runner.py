@@ -36,6 +36,7 @@ from hyperp.analysis.fits import fit_lr_optimum
 from hyperp.analysis.io import load_records, record_value
 from hyperp.fileio import atomic_write_text
 from hyperp.reproduce.catalogue import BASE, Arm, Study, matches
+from hyperp.rules import muon_logit_multiplier
 from hyperp.sweep import SweepSpec, load_sweep, run_name, run_sweep
 
 __all__ = [
@@ -292,7 +293,8 @@ class Runner:
                 derived["optim.weight_decay"] = decay
         if "muon_logit_multiplier" in arm.derived:
             base_depth = config.optim.base_depth or config.model.depth
-            derived["model.logit_multiplier"] = _round(base_depth / config.model.depth)
+            multiplier = muon_logit_multiplier(base_depth, config.model.depth)
+            derived["model.logit_multiplier"] = _round(multiplier)
         if self.size.eval_tokens:
             rows = config.train.batch_size * config.train.seq_len
             derived["train.eval_batches"] = max(1, math.ceil(self.size.eval_tokens / rows))

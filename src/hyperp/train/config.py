@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from hyperp.model.config import ModelConfig
-from hyperp.rules import SCHEDULES, ModelScale, TransferRule, describe_schedule, parse_number
+from hyperp.rules import (
+    SCHEDULES,
+    ModelScale,
+    TransferRule,
+    describe_schedule,
+    muon_logit_multiplier,
+    parse_number,
+    transfer,
+)
 
 __all__ = [
     "CONFIG_DIR",
@@ -256,7 +264,8 @@ class RunConfig:
         multiplier = model.logit_multiplier
         if multiplier is None:
             base_depth = self.optim.base_depth or model.depth
-            multiplier = base_depth / model.depth if self.optim.method == "muon" else 1.0
+            muon = self.optim.method == "muon"
+            multiplier = muon_logit_multiplier(base_depth, model.depth) if muon else 1.0
         resolved = replace(model, vocab_size=vocab, logit_multiplier=multiplier)
         return replace(self, model=resolved)
 
@@ -329,8 +338,9 @@ class RunConfig:
             tokens = train.steps * batch_tokens
         elif train.tokens:
             tokens = int(train.tokens)
-        elif optim.base_tokens:
-            tokens = int(optim.base_tokens * scale.params / base_scale.params)
+        elif optim.base_tokens:  # Chinchilla-style, by the rule's own formula
+            chinchilla = TransferRule(base=base_scale, base_tokens=optim.base_tokens)
+            tokens = int(chinchilla.tokens_for(scale))
         else:
             raise ValueError(
                 "no training budget: set train.steps, train.tokens, or optim.base_tokens (then "
@@ -349,11 +359,12 @@ class RunConfig:
             final_lr_fraction=optim.final_lr_fraction,
             **({"token_exponent": optim.token_exponent} if optim.method == "hyperp" else {}),
         )
-        multiplier = rule.lr_multiplier(scale, tokens, batch_tokens)
+        transferred = transfer(scale, rule=rule, tokens=tokens, batch=batch_tokens)
+        multiplier = transferred.lr_multiplier
         if optim.lr is not None:
             lr, how = optim.lr, f"lr {optim.lr:g} given directly (optim.lr); no transfer applied"
         else:
-            lr = optim.base_lr * multiplier
+            lr = transferred.lr
             how = (
                 f"lr {lr:.5g} = base_lr {optim.base_lr:g} x {multiplier:.4f}  "
                 f"[batch (B/B0)^{rule.batch_exponent:g} = ({batch_tokens}/{rule.base_batch:.6g})"
@@ -390,9 +401,9 @@ class RunConfig:
             tokens=tokens,
             steps=steps,
             batch_tokens=batch_tokens,
-            params=scale.params,
-            flops_per_token=scale.flops_per_token,
-            flops=scale.flops_per_token * tokens,
+            params=transferred.params,
+            flops_per_token=transferred.flops_per_token,
+            flops=transferred.flops,
             depth_ratio=base_scale.depth / model.depth,
             explanation=explanation,
             width_ratio=base_scale.width / model.width,
