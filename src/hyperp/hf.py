@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hyperp.model.transformer import ModelOutput, sample_next_token
@@ -343,12 +342,7 @@ class CausalLM(nn.Module):
             aux_loss = logits.new_zeros((), dtype=torch.float32)
         else:
             aux_loss = aux.float() * getattr(self.hf, "router_aux_loss_coef", 1.0)
-        if targets is None:
-            return ModelOutput(logits=logits, loss=None, lm_loss=None, aux_loss=aux_loss)
-        lm_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-        return ModelOutput(
-            logits=logits, loss=lm_loss + aux_loss, lm_loss=lm_loss, aux_loss=aux_loss
-        )
+        return ModelOutput.from_logits(logits, targets, aux_loss)
 
     @torch.no_grad()
     def stream(

@@ -52,6 +52,16 @@ class ModelOutput:
     lm_loss: torch.Tensor | None
     aux_loss: torch.Tensor
 
+    @classmethod
+    def from_logits(
+        cls, logits: torch.Tensor, targets: torch.Tensor | None, aux_loss: torch.Tensor
+    ) -> ModelOutput:
+        """The training loss: mean next-token cross-entropy in fp32, plus ``aux_loss``."""
+        if targets is None:
+            return cls(logits=logits, loss=None, lm_loss=None, aux_loss=aux_loss)
+        lm_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return cls(logits=logits, loss=lm_loss + aux_loss, lm_loss=lm_loss, aux_loss=aux_loss)
+
 
 class RMSNorm(nn.Module):
     """``x / rms(x) * gain``, computed in fp32; the gain is a ``vector`` parameter."""
@@ -327,12 +337,7 @@ class Transformer(nn.Module):
         logits = self.head(self.final_norm(x))
         if self.config.output_multiplier != 1.0:
             logits = logits * self.config.output_multiplier
-        if targets is None:
-            return ModelOutput(logits=logits, loss=None, lm_loss=None, aux_loss=aux_loss)
-        lm_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-        return ModelOutput(
-            logits=logits, loss=lm_loss + aux_loss, lm_loss=lm_loss, aux_loss=aux_loss
-        )
+        return ModelOutput.from_logits(logits, targets, aux_loss)
 
     def num_params(self) -> int:
         """Trainable parameters actually allocated (compare ``config.num_params()``)."""
