@@ -17,7 +17,6 @@ plain loop). Rounds alternate the two in this process, and which goes first; eac
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sysconfig
 import tempfile
@@ -32,7 +31,7 @@ from hyperp.hf import build_hf_model
 from hyperp.optim import build_optimizer, role_map
 from hyperp.rules import lr_schedule
 from hyperp.train import load_config
-from hyperp.train.trainer import train
+from trainer_throughput import trainer_run
 
 
 def plain_loop(config, corpus, steps: int, warmup: int, log_every: int) -> float:
@@ -67,19 +66,6 @@ def plain_loop(config, corpus, steps: int, warmup: int, log_every: int) -> float
             if step > warmup + log_every - 1:
                 rates.append(log_every * plan.batch_tokens / (now - start))
             start = now
-    return statistics.median(rates)
-
-
-def trainer_run(config, warmup: int, log_every: int) -> float:
-    """Tokens/s of hyperp's trainer over the logged intervals after ``warmup`` steps."""
-    with tempfile.TemporaryDirectory() as directory:
-        train(config, Path(directory) / "run", resume="never")
-        records = [json.loads(line) for line in (Path(directory) / "run/metrics.jsonl").open()]
-    rates = [
-        r["tokens_per_s"]
-        for r in records
-        if r["step"] > warmup + log_every - 1 and r["step"] % log_every == 0 and "tokens_per_s" in r
-    ]
     return statistics.median(rates)
 
 

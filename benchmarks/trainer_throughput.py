@@ -56,7 +56,7 @@ def hand_loop(config, corpus, steps: int, warmup: int) -> float:
     return (steps - warmup) * plan.batch_tokens / elapsed
 
 
-def trainer_run(config, steps: int, warmup: int, log_every: int) -> float:
+def trainer_run(config, warmup: int, log_every: int) -> float:
     """Tokens/s of hyperp's trainer over the logged intervals after ``warmup`` steps."""
     with tempfile.TemporaryDirectory() as directory:
         train(config, Path(directory) / "run", resume="never")
@@ -112,9 +112,7 @@ def main() -> None:
     hand, trainer = [], []
     for _ in range(args.rounds):
         hand.append(hand_loop(config, corpus, args.steps, args.warmup))
-        trainer.append(
-            trainer_run(load_config(args.config, overrides), args.steps, args.warmup, log_every)
-        )
+        trainer.append(trainer_run(load_config(args.config, overrides), args.warmup, log_every))
     hand_rate, trainer_rate = statistics.median(hand), statistics.median(trainer)
     loader = loader_rate(config, corpus)
     print(f"hand-written loop : {hand_rate:10.0f} tokens/s  (rounds: {[round(h) for h in hand]})")
