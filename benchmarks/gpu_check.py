@@ -10,8 +10,9 @@ error and the check goes on; one that would not fit in what is left is skipped a
    against per-block activation checkpointing, in interleaved rounds; the optimizer's share of a
    step, MuonH minus the Muon baseline, and the same with MuonH's sphere step one matrix at a
    time (the loop it replaced, from benchmarks/sphere_step.py);
-3. MuonH's step against ``torch.optim.Muon`` at equal (bf16) precision, and the sphere step alone
-   on 64 matrices, all at once against one at a time;
+3. MuonH's step against ``torch.optim.Muon`` at equal (bf16) precision, the sphere step alone
+   on 64 matrices, all at once against one at a time, and a profile of the MuonH and Muon steps
+   on the training model (the operators with the most self time);
 4. the MoE expert computation: grouped GEMM against one matmul per expert;
 5. the sharded MuonH step on 2 GPUs against 1 (skipped with one GPU), and the bytes the sharded
    exchange sends per rank and step (2 gloo processes on the CPU: a count, not a timing).
@@ -68,6 +69,15 @@ def _spread(values: list[float]) -> dict:
         "max": max(values),
         "n": len(values),
     }
+
+
+def _median_interval(values: list[float], replicates: int = 2000) -> list[float]:
+    """A 95% percentile-bootstrap interval of the median (the verdict reads its upper end)."""
+    generator = torch.Generator().manual_seed(0)
+    data = torch.tensor(values, dtype=torch.float64)
+    picks = torch.randint(0, len(values), (replicates, len(values)), generator=generator)
+    medians = data[picks].median(dim=1).values
+    return [medians.quantile(0.025).item(), medians.quantile(0.975).item()]
 
 
 # -- 1. Newton-Schulz -------------------------------------------------------------------------
@@ -236,7 +246,8 @@ def training(
         for name, key in (("eager", "muonh"), ("sphere loop eager", "sphere_loop")):
             if shares.get(name):
                 points = [100 * (a - b) for a, b in zip(shares[name], shares["muon eager"])]
-                report[f"optimizer_share_{key}_minus_muon_points"] = _spread(points)
+                entry = {**_spread(points), "median_95ci": _median_interval(points)}
+                report[f"optimizer_share_{key}_minus_muon_points"] = entry
     report["peak_bf16_flops"] = peak
     report["flops_per_token"] = flops_per_token
     return report
@@ -260,6 +271,41 @@ def optimizer_step(device: torch.device, smoke: bool, budget: Budget) -> dict:
         "median_ms": {name: 1e3 * value for name, value in medians.items()},
         "muonh_over_torch_muon": medians["MuonH"] / medians["torch.optim.Muon"],
     }
+
+
+def optimizer_profile(device: torch.device, smoke: bool, budget: Budget) -> dict:
+    """Where an optimizer step's time goes: torch.profiler over steps of MuonH and of Muon on the
+    training model's parameters (random gradients), the operators with the most self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from hyperp.model import Transformer
+    from hyperp.optim import build_optimizer
+
+    model = Transformer(_model_config(smoke)).to(device)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    report: dict = {}
+    for method in ("hyperp", "muon"):
+        optimizer = build_optimizer(model, method, lr=1e-4)
+        for _ in range(2):  # warm-up: state, workspaces
+            optimizer.step()
+        _sync(device)
+        steps = 2 if smoke else 5
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                optimizer.step()
+            _sync(device)
+        events = [e for e in prof.key_averages() if not e.key.startswith("Optimizer.")]
+        events.sort(key=lambda e: getattr(e, sort), reverse=True)  # no user annotations
+        total = sum(getattr(e, sort) for e in events) / steps
+        report[method] = {
+            "ms_per_step": total / 1e3,
+            "top": [{"op": e.key, "ms_per_step": getattr(e, sort) / steps / 1e3,
+                     "calls_per_step": e.count / steps} for e in events[:12]],
+        }  # fmt: skip
+    return report
 
 
 def sphere_steps(device: torch.device, smoke: bool, budget: Budget) -> dict:
@@ -393,9 +439,11 @@ def _summary(report: dict) -> list[str]:
     for key, what in (("muonh", "MuonH"), ("sphere_loop", "MuonH, sphere step per matrix,")):
         points = train.get(f"optimizer_share_{key}_minus_muon_points")
         if points:
+            low, high = points.get("median_95ci", (points["min"], points["max"]))
             lines.append(
-                f"optimizer share, {what} minus Muon: {points['median']:+.1f} points "
-                f"({points['min']:+.1f} to {points['max']:+.1f}, {points['n']} steps)"
+                f"optimizer share, {what} minus Muon: {points['median']:+.1f} points, median's "
+                f"95% interval [{low:+.1f}, {high:+.1f}] ({points['min']:+.1f} to "
+                f"{points['max']:+.1f}, {points['n']} steps)"
             )
     step = sections.get("optimizer_step", {})
     if "muonh_over_torch_muon" in step:
@@ -407,6 +455,10 @@ def _summary(report: dict) -> list[str]:
                 f"sphere step {entry['matrices']}: all at once / one at a time {ratio[0]:.3f}x "
                 f"({ratio[1]:.3f}-{ratio[2]:.3f}), {entry['ms_per_call']['fused']:.2f} ms"
             )
+    for method, entry in sections.get("optimizer_profile", {}).items():
+        if isinstance(entry, dict) and "top" in entry:
+            top = ", ".join(f"{o['op']} {o['ms_per_step']:.2f}" for o in entry["top"][:5])
+            lines.append(f"profile {method}: {entry['ms_per_step']:.1f} ms/step; top ms: {top}")
     moe = sections.get("moe_experts", {})
     if "grouped_speedup" in moe:
         lines.append(f"MoE grouped GEMM speedup: {moe['grouped_speedup']:.2f}x")
@@ -479,6 +531,7 @@ def main() -> None:
         ),
         ("optimizer_step", 20, lambda: optimizer_step(device, args.smoke, budget)),
         ("sphere_step", 15, lambda: sphere_steps(device, args.smoke, budget)),
+        ("optimizer_profile", 15, lambda: optimizer_profile(device, args.smoke, budget)),
         ("moe_experts", 20, lambda: moe_experts(device, args.smoke, budget)),
         ("sharded_step", 60, lambda: sharded_step(device, args.smoke, budget)),
         ("exchange_bytes", 30, lambda: exchange_bytes(device, args.smoke, budget)),
