@@ -127,9 +127,15 @@ def _env() -> dict[str, str]:
 def measured(args: argparse.Namespace) -> None:
     worlds = [1, 2, 4]
     rounds: dict[int, list[list[dict]]] = {w: [] for w in worlds}
-    for _ in range(args.rounds):
+    for index in range(args.rounds):
         for world in worlds:
             rounds[world].append(launch(world, args))
+        one = rounds[1][-1][0]["step_s"]
+        ratios = ", ".join(
+            f"{w} procs {max(r['step_s'] for r in rounds[w][-1]) / one:.3f}x" for w in worlds[1:]
+        )  # so far, in case the run is stopped early
+        print(f"round {index + 1}/{args.rounds}: slowest rank's step / one process's: {ratios}",
+              flush=True)  # fmt: skip
     single_state = rounds[1][0][0]["state_bytes"]
     single_step = statistics.median(r[0]["step_s"] for r in rounds[1])
     config = model_config(args.depth, args.width)
