@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from hyperp.model.transformer import ModelOutput, sample_next_token
+from hyperp.model.transformer import ModelOutput, decode
 from hyperp.rules import ModelScale
 
 if TYPE_CHECKING:
@@ -359,25 +359,19 @@ class CausalLM(nn.Module):
         ``Transformer.stream`` does: the newest token against the model's KV cache, and past the
         model's positions a fresh start from the last half of them."""
         context = self.context or prompt.shape[1] + max_new_tokens
-        if prompt.ndim != 2 or prompt.shape[1] == 0:
-            raise ValueError("the prompt must be batch x length with at least one token")
-        if prompt.shape[1] > context:
-            raise ValueError(
-                f"the prompt has {prompt.shape[1]} tokens, more than the model's {context} "
-                "positions; shorten the prompt"
-            )
-        out = self.hf(input_ids=prompt, use_cache=True)
-        history, length = prompt, prompt.shape[1]
-        for produced in range(1, max_new_tokens + 1):
-            token = sample_next_token(out.logits[:, -1], temperature, top_k, top_p, generator)
-            yield token
-            if produced == max_new_tokens:
-                return
-            history = torch.cat([history[:, -context:], token[:, None]], dim=1)
-            if length == context:
-                recent = history[:, -(context // 2) :]
-                out, length = self.hf(input_ids=recent, use_cache=True), recent.shape[1]
-            else:
-                out = self.hf(input_ids=token[:, None], past_key_values=out.past_key_values,
-                              use_cache=True)  # fmt: skip
-                length += 1
+        past = None
+
+        def start(tokens: torch.Tensor) -> torch.Tensor:
+            nonlocal past
+            out = self.hf(input_ids=tokens, use_cache=True)
+            past = out.past_key_values
+            return out.logits[:, -1]
+
+        def extend(token: torch.Tensor) -> torch.Tensor:
+            nonlocal past
+            out = self.hf(input_ids=token, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            return out.logits[:, -1]
+
+        sampling = (temperature, top_k, top_p, generator)
+        yield from decode(start, extend, prompt, max_new_tokens, context, *sampling)

@@ -14,7 +14,7 @@ keys and values cached so far (RoPE positions continue from the cache's length),
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -361,28 +361,19 @@ class Transformer(nn.Module):
         run past the context the model was trained with (seeing at most a context of history).
         ``temperature = 0`` is greedy decoding.
         """
-        context = self.config.context
-        if prompt.ndim != 2 or prompt.shape[1] == 0:
-            raise ValueError("the prompt must be batch x length with at least one token")
-        if prompt.shape[1] > context:
-            raise ValueError(
-                f"the prompt has {prompt.shape[1]} tokens, more than model.context = {context}; "
-                "shorten the prompt"
-            )
-        cache = KVCache(self.config.depth, context)
-        logits = self(prompt, cache=cache).logits[:, -1]
-        history = prompt
-        for produced in range(1, max_new_tokens + 1):
-            token = sample_next_token(logits, temperature, top_k, top_p, generator)
-            yield token
-            if produced == max_new_tokens:
-                return
-            history = torch.cat([history[:, -context:], token[:, None]], dim=1)
-            if cache.length == context:
-                cache = KVCache(self.config.depth, context)
-                logits = self(history[:, -(context // 2) :], cache=cache).logits[:, -1]
-            else:
-                logits = self(token[:, None], cache=cache).logits[:, -1]
+        depth, context = self.config.depth, self.config.context
+        cache = None
+
+        def start(tokens: torch.Tensor) -> torch.Tensor:
+            nonlocal cache
+            cache = KVCache(depth, context)
+            return self(tokens, cache=cache).logits[:, -1]
+
+        def extend(token: torch.Tensor) -> torch.Tensor:
+            return self(token, cache=cache).logits[:, -1]
+
+        sampling = (temperature, top_k, top_p, generator)
+        yield from decode(start, extend, prompt, max_new_tokens, context, *sampling)
 
     @torch.no_grad()
     def generate(
@@ -407,6 +398,44 @@ class Transformer(nn.Module):
             )
         )
         return torch.cat([prompt, *(token[:, None] for token in new)], dim=1)
+
+
+def decode(
+    start: Callable[[torch.Tensor], torch.Tensor],
+    extend: Callable[[torch.Tensor], torch.Tensor],
+    prompt: torch.Tensor,
+    max_new_tokens: int,
+    context: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.Tensor]:
+    """The decoding loop of every model hyperp generates with: yield ``max_new_tokens`` sampled
+    tokens (each of shape ``batch``). ``start(tokens)`` runs a fresh KV cache over ``tokens`` and
+    ``extend(token)`` one new token (``batch x 1``) against it; both return the last position's
+    logits. When the cache holds ``context`` positions it is rebuilt from the last
+    ``context // 2`` tokens, so decoding runs past the model's positions (seeing at most a
+    context of history)."""
+    if prompt.ndim != 2 or prompt.shape[1] == 0:
+        raise ValueError("the prompt must be batch x length with at least one token")
+    if prompt.shape[1] > context:
+        raise ValueError(
+            f"the prompt has {prompt.shape[1]} tokens, more than the model's {context} "
+            "positions (model.context); shorten the prompt"
+        )
+    logits, length, history = start(prompt), prompt.shape[1], prompt
+    for produced in range(1, max_new_tokens + 1):
+        token = sample_next_token(logits, temperature, top_k, top_p, generator)
+        yield token
+        if produced == max_new_tokens:
+            return
+        history = torch.cat([history[:, -context:], token[:, None]], dim=1)
+        if length == context:
+            recent = history[:, -(context // 2) :]
+            logits, length = start(recent), recent.shape[1]
+        else:
+            logits, length = extend(token[:, None]), length + 1
 
 
 def sample_next_token(
