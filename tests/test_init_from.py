@@ -12,10 +12,11 @@ import torch
 
 import hyperp
 from hyperp.cli import main
+from hyperp.data import data_vocab_size
 from hyperp.model import ModelConfig, Transformer
 from hyperp.train import load_config
 from hyperp.train.initial import check_initial_weights, load_initial_weights
-from hyperp.train.trainer import data_vocab_size, train
+from hyperp.train.trainer import train
 from serve_support import trained_run
 from training import TINY, radii
 

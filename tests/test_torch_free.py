@@ -1,5 +1,6 @@
 """The run's config layer loads no torch: reading a config, overrides and the plan of the own
-family, and the sweep and reproduction packages, in a fresh interpreter."""
+family with its data's vocabulary, and the sweep and reproduction packages, in a fresh
+interpreter."""
 
 import subprocess
 import sys
@@ -10,7 +11,9 @@ _CHECK = """
 import sys
 import hyperp.reproduce, hyperp.sweep
 from hyperp.train.config import load_config, parse_overrides
-plan = load_config("tiny", ["--model.width", "64"]).resolve(8192).plan()
+from hyperp.data import data_vocab_size
+config = load_config("tiny", ["--model.width", "64"])
+plan = config.resolve(data_vocab_size(config)).plan()
 assert plan.params > 0 and parse_overrides(["--train.steps", "3"]) == {"train": {"steps": 3}}
 loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
 assert not loaded, loaded[:5]

@@ -70,8 +70,9 @@ def default_out_dir(config_name: str, config_dict: dict) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hyperp.data import data_vocab_size
     from hyperp.train import load_config
-    from hyperp.train.trainer import TrainingDiverged, data_vocab_size, train
+    from hyperp.train.trainer import TrainingDiverged, train
 
     if args.stop_after is not None and args.stop_after < 1:
         raise UserError(f"--stop-after must be a step number of at least 1, got {args.stop_after}")

@@ -6,6 +6,8 @@
   swaps the result in only on success (:mod:`hyperp.data.staging`).
 - :func:`default_corpus` prepares (once, cached) the built-in corpus: the Python standard
   library's own sources, present on every machine.
+- :func:`run_corpus` finds a run's corpus (its ``data.path``, else the built-in one) and
+  :func:`data_vocab_size` its vocabulary, cheaply, for plans and dry runs.
 - :func:`open_corpus` validates and memory-maps a prepared directory or llm.c ``.bin`` shards and
   returns a :class:`Corpus` with ``train`` and ``val`` :class:`TokenSource` splits; shards are
   read in full once and recognised by a cheap fingerprint afterwards (:mod:`hyperp.data.stamps`).
@@ -23,6 +25,7 @@ from hyperp.data.corpus import (
     open_corpus,
     write_llmc_shard,
 )
+from hyperp.data.lookup import data_vocab_size, run_corpus
 from hyperp.data.preparation import EOT_TOKEN, prepare
 from hyperp.data.stdlib_corpus import cache_root, default_corpus
 
@@ -32,10 +35,12 @@ __all__ = [
     "TokenSource",
     "TrainLoader",
     "cache_root",
+    "data_vocab_size",
     "default_corpus",
     "load_tokenizer_file",
     "open_corpus",
     "prepare",
+    "run_corpus",
     "validation_batches",
     "write_llmc_shard",
 ]

@@ -73,7 +73,7 @@ def stdlib_source_files(max_bytes: int | None = None) -> list[Path]:
     return chosen
 
 
-def _corpus_name(vocab_size: int, max_bytes: int | None) -> str:
+def corpus_name(vocab_size: int, max_bytes: int | None) -> str:
     version = ".".join(map(str, sys.version_info[:3]))
     size = "all" if max_bytes is None else f"max{max_bytes}"
     return f"stdlib-{sys.implementation.name}{version}-v{vocab_size}-{size}-r{_CORPUS_REVISION}"
@@ -101,7 +101,7 @@ def default_corpus(
     complete, so a crash never leaves a directory that looks finished.
     """
     root = cache_root(cache_dir)
-    final = root / _corpus_name(vocab_size, max_bytes)
+    final = root / corpus_name(vocab_size, max_bytes)
     if (final / "meta.json").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)

@@ -320,8 +320,8 @@ class Runner:
     def _config(self, spec: SweepSpec, values: dict[str, Any]):
         """The resolved config of a curve's runs (the data's vocabulary filled in, as the
         trainer does), for plans, batch sizes and depths."""
+        from hyperp.data import data_vocab_size
         from hyperp.train.config import load_config
-        from hyperp.train.trainer import data_vocab_size
 
         overrides = {**spec.settings, **values}
         overrides.pop(SEED_KEY, None)

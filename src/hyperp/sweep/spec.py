@@ -470,8 +470,8 @@ def plan_run(run: RunSpec, base: Path) -> dict[str, Any] | str:
     """The run's ``lr``, ``tokens``, ``steps``, ``flops`` and ``params`` from the trainer's config
     (``hyperp.train.config``), or a message saying why they are not available."""
     try:
+        from hyperp.data import data_vocab_size
         from hyperp.train.config import load_config
-        from hyperp.train.trainer import data_vocab_size
     except ImportError:
         return "hyperp.train is not available in this installation"
     try:

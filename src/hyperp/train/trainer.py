@@ -35,7 +35,7 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
 from hyperp import monitor
-from hyperp.data import Corpus, TrainLoader, default_corpus, open_corpus, validation_batches
+from hyperp.data import Corpus, TrainLoader, run_corpus, validation_batches
 from hyperp.fileio import atomic_write_json, atomic_write_text
 from hyperp.hf import CausalLM, build_hf_model, decoder_layers
 from hyperp.model import Transformer
@@ -51,7 +51,7 @@ from hyperp.train.rundir import RunLock
 from hyperp.train.sinks import RunLog, Sinks, open_sinks
 from hyperp.train.state import ModelState, OptimizerState, RNGState, RunCounters
 
-__all__ = ["RunResult", "TrainingDiverged", "data_vocab_size", "train"]
+__all__ = ["RunResult", "TrainingDiverged", "train"]
 
 # Dense bf16 peak FLOP/s for MFU, by CUDA device name.
 _PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12}
@@ -113,32 +113,6 @@ def _peak_flops(config: RunConfig, device: torch.device) -> float:
             if key in name:
                 return value
     return 0.0
-
-
-def _open_corpus(config: RunConfig, *, prepare: bool, log=print) -> Corpus | None:
-    """The run's corpus. The built-in one is prepared first when ``prepare`` (else None if it
-    is not prepared yet). An explicit ``model.vocab_size`` reaches llm.c shards."""
-    data = config.data
-    if data.path:
-        verify = "once" if prepare else "never"
-        return open_corpus(data.path, vocab_size=config.model.vocab_size, verify=verify)
-    from hyperp.data.stdlib_corpus import cache_root
-
-    built_in = dict(vocab_size=data.vocab_size, max_bytes=data.max_bytes or None)
-    if not prepare:
-        from hyperp.data.stdlib_corpus import _corpus_name
-
-        path = cache_root() / _corpus_name(**built_in)
-        return open_corpus(path, verify="never") if (path / "meta.json").is_file() else None
-    return open_corpus(default_corpus(**built_in, log=log))
-
-
-def data_vocab_size(config: RunConfig) -> int:
-    """The vocabulary the run's data has, cheaply (no checksums): what :meth:`RunConfig.resolve`
-    needs for a plan, as in a dry run. The built-in corpus, before it is first prepared, has
-    ``data.vocab_size``."""
-    corpus = _open_corpus(config, prepare=False)
-    return corpus.vocab_size if corpus is not None else config.data.vocab_size
 
 
 def _corpus_summary(corpus: Corpus) -> dict[str, Any]:
@@ -250,10 +224,10 @@ class Trainer:
     def _resolve(self) -> RunConfig:
         """The resolved config, after checking the batch split and the directory's history."""
         if self.dist.is_main:
-            corpus = _open_corpus(self.config, prepare=True, log=self.say)
+            corpus = run_corpus(self.config, prepare=True, log=self.say)
         self.dist.barrier()  # rank 0 prepared the built-in corpus; the others now open it
         if not self.dist.is_main:
-            corpus = _open_corpus(self.config, prepare=True)
+            corpus = run_corpus(self.config, prepare=True)
         self._corpus = corpus
         checkpoints = list_checkpoints(self.checkpoint_dir)
         self._resuming = resuming = self.resume != "never" and bool(checkpoints)
