@@ -111,7 +111,6 @@ def test_the_plan_counts_the_model_and_transfers_by_its_depth(corpus):
         ({"model.hf_config": {**LLAMA, "vocab_size": 300}}, "smaller than the data's"),
         ({"model.hf_config": LLAMA, "train.init_from": "w"}, "model.hf directory"),
         ({"model.hf_config": LLAMA, "optim.method": "muon", "optim.base_depth": 8}, "d0/d"),
-        ({"model.hf_config": LLAMA, "train.activation_checkpointing": True}, "set it to false"),
     ],
 )
 def test_settings_that_cannot_apply_are_refused_in_one_line(corpus, overrides, message):
@@ -194,8 +193,31 @@ def test_eval_generate_and_export_of_a_hf_run(corpus, tmp_path, capsys):
         torch.testing.assert_close(exported(prompt).logits, loaded.model(prompt).logits)
 
 
+@pytest.mark.parametrize("hf", [LLAMA, MIXTRAL], ids=["llama", "mixtral-moe"])
+def test_activation_checkpointing_of_a_hf_model_gives_equal_losses(corpus, tmp_path, hf):
+    short = {"model.hf_config": hf, "train.steps": 4, "train.checkpoint_every": 0}
+    train(hf_run(corpus, **short), tmp_path / "plain")
+    checkpointed = hf_run(corpus, **short, **{"train.activation_checkpointing": True})
+    train(checkpointed, tmp_path / "checkpointed")
+    assert logged(tmp_path / "plain") == logged(tmp_path / "checkpointed")
+    # and it recomputes: backward runs each decoder layer's modules once more
+    from hyperp.hf import CausalLM, build_hf_model, decoder_layers
+
+    tokens = torch.randint(0, 512, (2, 9))
+    for checkpointed, runs in ((False, 1), (True, 2)):
+        model = CausalLM(build_hf_model(hf))
+        if checkpointed:
+            model.checkpoint_layers()
+        calls = []
+        attention = next(decoder_layers(model.hf)[0].children())
+        attention.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        model(tokens[:, :-1], tokens[:, 1:]).loss.backward()
+        assert len(calls) == runs, (checkpointed, len(calls))
+
+
 @pytest.mark.distributed
 def test_one_process_and_fsdp2_on_two_ranks_agree_through_the_trainer(corpus, tmp_path):
+    # FSDP2 with activation checkpointing per decoder layer against one plain process
     toml = tmp_path / "llama.toml"
     toml.write_text(
         "[model.hf_config]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in LLAMA.items())
@@ -207,7 +229,8 @@ def test_one_process_and_fsdp2_on_two_ranks_agree_through_the_trainer(corpus, tm
           reference)  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                "2", "-m", "hyperp", "train", *args, "--out", str(tmp_path / "fsdp"),
-               "--train.distributed=fsdp", "--train.threads=1"]  # fmt: skip
+               "--train.distributed=fsdp", "--train.threads=1",
+               "--train.activation_checkpointing=true"]  # fmt: skip
     done = subprocess.run(command, env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True,
                           text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -213,10 +213,10 @@ def resolve_hf(
             "train.init_from is for hyperp's own family; a Hugging Face model starts from the "
             "safetensors weights in its model.hf directory"
         )
-    if train.activation_checkpointing:
+    if train.activation_checkpointing and not _meta_model(data).supports_gradient_checkpointing:
         raise ValueError(
-            "train.activation_checkpointing is not available for Hugging Face models in hyperp; "
-            "set it to false"
+            f"model_type {data['model_type']!r} does not support gradient checkpointing in "
+            "transformers, so train.activation_checkpointing cannot apply; set it to false"
         )
     shape = hf_shape(data)
     if shape["vocab_size"] < data_vocab_size:
@@ -258,14 +258,7 @@ def hf_scale(data: Mapping[str, Any], context: int) -> ModelScale:
     meta device (no memory): every parameter once, a tied head once more, since its matmul
     costs as an untied one does. ``context`` is the attention term's sequence length."""
     shape = hf_shape(data)
-    try:
-        with torch.device("meta"):
-            model = require_transformers().AutoModelForCausalLM.from_config(_auto_config(data))
-    except ValueError:
-        raise ValueError(
-            f"model_type {data['model_type']!r} has no causal LM in transformers; use a "
-            "decoder model type (llama, qwen3, gpt2, mixtral, ...)"
-        ) from None
+    model = _meta_model(data)
     params = sum(p.numel() for p in model.parameters())
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
     if head is not None and embedding is not None and head.weight is embedding.weight:
@@ -280,6 +273,18 @@ def hf_scale(data: Mapping[str, Any], context: int) -> ModelScale:
         context=context,
         counted_params=params,
     )
+
+
+def _meta_model(data: Mapping[str, Any]) -> nn.Module:
+    """The causal LM of a config dict on the meta device: its structure, no memory."""
+    try:
+        with torch.device("meta"):
+            return require_transformers().AutoModelForCausalLM.from_config(_auto_config(data))
+    except ValueError:
+        raise ValueError(
+            f"model_type {data['model_type']!r} has no causal LM in transformers; use a "
+            "decoder model type (llama, qwen3, gpt2, mixtral, ...)"
+        ) from None
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -323,6 +328,16 @@ class CausalLM(nn.Module):
     @property
     def context(self) -> int:
         return hf_shape(self.hf.config.to_dict())["context"]
+
+    def checkpoint_layers(self) -> None:
+        """Activation checkpointing per decoder layer, by transformers' own gradient
+        checkpointing (non-reentrant, as for our blocks); :func:`resolve_hf` has refused models
+        without it."""
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.hf, "activation_checkpointing_enable"):  # its name from transformers 5.25
+            self.hf.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def get_output_embeddings(self) -> nn.Module | None:
         return self.hf.get_output_embeddings()

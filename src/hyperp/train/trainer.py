@@ -312,7 +312,10 @@ class Trainer:
         train, dist = config.train, self.dist
         torch.manual_seed(train.seed)  # identical initial weights on every rank
         model = self._model(config).to(dist.device)
-        checkpoint_blocks(model, train.activation_checkpointing)
+        if not config.model.is_hf:
+            checkpoint_blocks(model, train.activation_checkpointing)
+        elif train.activation_checkpointing:
+            model.checkpoint_layers()
         if self._init_from:  # before the optimizer, which takes the radii from the weights
             load_initial_weights(model, self._init_from, config.model)
         roles = role_map(model)  # before sharding, which drops what tensors carry
