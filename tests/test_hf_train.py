@@ -1,6 +1,7 @@
 """`hyperp train` on Hugging Face causal LMs (model.hf / model.hf_config): training, the plan,
 refusals, bit-exact resume from a run that no longer needs its source directory, one process
-against FSDP2 on 2 gloo ranks, and eval, generate and export of such a run."""
+against FSDP2, DDP and HSDP on gloo ranks, activation checkpointing, torch.compile, and eval,
+generate and export of such a run."""
 
 from __future__ import annotations
 
@@ -215,12 +216,62 @@ def test_activation_checkpointing_of_a_hf_model_gives_equal_losses(corpus, tmp_p
         assert len(calls) == runs, (checkpointed, len(calls))
 
 
+@pytest.mark.parametrize("hf", [LLAMA, GPT2], ids=["llama", "gpt2-conv1d-tied"])
+def test_a_hf_model_compiles_with_eager_results(hf):
+    # What train.compile needs of the adapter: the same loss and gradients. aot_eager traces as
+    # inductor does without generating C++ (minutes on 2 cores; the slow test below runs it).
+    from hyperp.hf import CausalLM, build_hf_model
+
+    torch.manual_seed(0)
+    model = CausalLM(build_hf_model(hf))
+    tokens = torch.randint(0, 512, (2, 17), generator=torch.Generator().manual_seed(0))
+    eager = model(tokens[:, :-1], tokens[:, 1:]).loss
+    eager.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, backend="aot_eager")(tokens[:, :-1], tokens[:, 1:]).loss
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager)
+    for grad, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(p.grad, grad)
+
+
+@pytest.mark.slow
+def test_compiled_training_of_a_hf_model_tracks_eager(corpus, tmp_path, monkeypatch):
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
+    short = {"model.hf_config": LLAMA, "train.steps": 3, "train.checkpoint_every": 0, **PIN_FP32}
+    train(hf_run(corpus, **short), tmp_path / "eager")
+    train(hf_run(corpus, **short, **{"train.compile": True}), tmp_path / "compiled")
+    eager, compiled = logged(tmp_path / "eager"), logged(tmp_path / "compiled")
+    assert sorted(compiled) == [1, 2, 3]
+    for step, loss in eager.items():  # inductor fuses elementwise work: other rounding
+        assert compiled[step] == pytest.approx(loss, rel=1e-4), step
+
+
+# A Mixtral without its balancing loss: that loss is per process in transformers (a batch's
+# routing statistics), so with it several processes train another objective than one.
+MIXTRAL_NO_AUX = {**MIXTRAL, "output_router_logits": False}
+
+
 @pytest.mark.distributed
-def test_one_process_and_fsdp2_on_two_ranks_agree_through_the_trainer(corpus, tmp_path):
-    # FSDP2 with activation checkpointing per decoder layer against one plain process
-    toml = tmp_path / "llama.toml"
+@pytest.mark.parametrize(
+    ("strategy", "nproc", "hf", "extra"),
+    [
+        ("fsdp", 2, LLAMA, ["--train.activation_checkpointing=true"]),
+        ("ddp", 2, MIXTRAL_NO_AUX, []),
+        ("hsdp", 4, LLAMA, ["--train.shard_size=2"]),
+    ],
+    ids=["fsdp2-checkpointed-llama", "ddp-mixtral", "hsdp-llama"],
+)
+def test_several_processes_and_one_agree_through_the_trainer(
+    corpus, tmp_path, strategy, nproc, hf, extra
+):
+    # against one plain process, from a TOML table, the several-process run from the command line
+    toml = tmp_path / "model.toml"
     toml.write_text(
-        "[model.hf_config]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in LLAMA.items())
+        "[model.hf_config]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in hf.items())
     )
     settings = {**RUN, **PIN_FP32, "data.path": str(corpus)}
     args = ["--config", str(toml)] + [f"--{k}={v}" for k, v in settings.items()]
@@ -228,13 +279,13 @@ def test_one_process_and_fsdp2_on_two_ranks_agree_through_the_trainer(corpus, tm
     train(load_config(toml, [a for kv in settings.items() for a in (f"--{kv[0]}", str(kv[1]))]),
           reference)  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-               "2", "-m", "hyperp", "train", *args, "--out", str(tmp_path / "fsdp"),
-               "--train.distributed=fsdp", "--train.threads=1",
-               "--train.activation_checkpointing=true"]  # fmt: skip
+               str(nproc), "-m", "hyperp", "train", *args, "--out", str(tmp_path / strategy),
+               f"--train.distributed={strategy}", "--train.threads=1", *extra]  # fmt: skip
     done = subprocess.run(command, env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True,
                           text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert_equal_up_to_rounding(reference, tmp_path / "fsdp", "fp32")
+    assert json.loads((tmp_path / strategy / "summary.json").read_text())["processes"] == nproc
+    assert_equal_up_to_rounding(reference, tmp_path / strategy, "fp32")
 
 
 def test_the_documented_llama_toml_plans(corpus, tmp_path, capsys):
