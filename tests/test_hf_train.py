@@ -98,6 +98,12 @@ def test_the_plan_counts_the_model_and_transfers_by_its_depth(corpus):
     assert plan.depth_ratio == 4
     gpt2 = hf_scale(GPT2, 32)  # a tied head costs a matmul: counted twice
     assert gpt2.params == sum(p.numel() for p in _model(GPT2).parameters()) + 512 * 32
+    # an MoE counts what a token uses: 2 of the 4 experts of each bank
+    mixtral = _model(MIXTRAL)
+    bank = sum(p.numel() for n, p in mixtral.named_parameters() if ".experts." in n)
+    assert bank == 2 * 4 * (64 * 32 + 32 * 32)  # 2 layers of 4 experts (gate-up and down)
+    total = sum(p.numel() for p in mixtral.parameters())
+    assert hf_scale(MIXTRAL, 32).params == total - bank // 2
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,9 @@ __all__ = [
     "shard_hf_model",
 ]
 
+# The config keys that give an MoE's routed expert count, by model family.
+EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+
 # What of the method a model of another family does not have, and so what a run of it lacks;
 # the dry run and train.log print this list.
 NOT_APPLICABLE = (
@@ -244,8 +247,9 @@ def plan_lines(data: Mapping[str, Any], scale: ModelScale) -> tuple[str, ...]:
         f"parameters counted from the model (a tied head twice); FLOPs per token 6N + "
         f"attention over train.seq_len = {scale.context}"
         + (
-            "; an MoE's FLOPs count every expert, not only the routed ones (an overestimate)"
-            if any(key in data for key in ("num_local_experts", "num_experts", "n_routed_experts"))
+            "; an MoE's N counts the experts a token uses (k of E of each expert bank, the "
+            "parameters named experts)"
+            if _routing(data)[0]
             else ""
         ),
         *(f"not applicable to this model: {line}" for line in NOT_APPLICABLE),
@@ -263,6 +267,10 @@ def hf_scale(data: Mapping[str, Any], context: int) -> ModelScale:
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
     if head is not None and embedding is not None and head.weight is embedding.weight:
         params += head.weight.numel()
+    experts, routed = _routing(data)
+    if experts:  # a token uses k of the E routed experts: N counts the active ones
+        bank = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
+        params -= round(bank * (1 - routed / experts))
     return ModelScale(
         depth=shape["depth"],
         width=shape["width"],
@@ -273,6 +281,13 @@ def hf_scale(data: Mapping[str, Any], context: int) -> ModelScale:
         context=context,
         counted_params=params,
     )
+
+
+def _routing(data: Mapping[str, Any]) -> tuple[int, int]:
+    """Routed experts E and experts per token k of an MoE config (0, 0 for a dense one)."""
+    experts = next((data[key] for key in EXPERT_KEYS if data.get(key)), 0)
+    routed = data.get("num_experts_per_tok") or 0
+    return (experts, routed) if experts and routed else (0, 0)
 
 
 def _meta_model(data: Mapping[str, Any]) -> nn.Module:
