@@ -53,6 +53,18 @@ def test_a_model_needs_a_vocabulary():
         ModelConfig(depth=2).num_params()
 
 
+def test_derived_shape_is_set_once_and_cannot_go_stale():
+    import dataclasses
+
+    config = ModelConfig(depth=4, head_dim=64)
+    assert (config.width, config.n_heads) == (512, 16)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.depth = 8  # would leave width and heads those of depth 4
+    deeper = dataclasses.replace(config, depth=8, width=None, n_heads=None)
+    assert (deeper.width, deeper.n_heads) == (1024, 32)
+    assert dataclasses.replace(config, depth=8).width == 512  # given: kept as it was
+
+
 def test_from_dict_rejects_unknown_keys():
     assert ModelConfig.from_dict({"depth": 2, "width": 32, "head_dim": 8}).width == 32
     with pytest.raises(ValueError, match="unknown model config keys"):

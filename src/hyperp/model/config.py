@@ -16,7 +16,7 @@ __all__ = ["HEAD_INIT_RULES", "ModelConfig"]
 HEAD_INIT_RULES = ("fixed", "inverse_width", "logit_scale")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Shape and parameterization of a dense or MoE decoder transformer (docs/method.md §3, §3.1).
 
@@ -27,6 +27,10 @@ class ModelConfig:
     the Muon baseline, docs/method.md §2.5). ``moe_sparsity = 0`` gives a dense SwiGLU MLP; otherwise each
     block has ``moe_sparsity * moe_granularity`` experts of hidden ``mlp_ratio * width /
     moe_granularity`` and routes each token to ``moe_granularity`` of them.
+
+    Frozen: ``width`` and ``n_heads`` are resolved once, in construction, and no field can
+    change afterwards and leave them stale. A changed copy is ``dataclasses.replace``, which
+    keeps the resolved width and heads unless given ``width=None, n_heads=None``.
     """
 
     depth: int = 8
@@ -69,7 +73,7 @@ class ModelConfig:
             self.aspect_ratio >= 1, f"model.aspect_ratio must be positive, got {self.aspect_ratio}"
         )
         if self.width is None:
-            self.width = self.aspect_ratio * self.depth
+            object.__setattr__(self, "width", self.aspect_ratio * self.depth)
         _require(self.width >= 1, f"model.width must be positive, got {self.width}")
         _require(
             self.head_dim >= 2 and self.head_dim % 2 == 0,
@@ -82,7 +86,7 @@ class ModelConfig:
                 f"a multiple of model.head_dim ({self.head_dim}); change width or head_dim, or "
                 "set model.n_heads",
             )
-            self.n_heads = 2 * self.width // self.head_dim
+            object.__setattr__(self, "n_heads", 2 * self.width // self.head_dim)
         _require(
             self.n_heads >= 1 and self.n_kv_heads >= 1,
             f"model.n_heads ({self.n_heads}) and model.n_kv_heads ({self.n_kv_heads}) must be positive",
