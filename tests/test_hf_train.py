@@ -19,7 +19,13 @@ from hyperp.cli import main
 from hyperp.train import load_config
 from hyperp.train.trainer import train
 from support import subprocess_env
-from training import PIN_FP32, assert_equal_up_to_rounding, assert_same_weights, logged
+from training import (
+    PIN_FP32,
+    assert_compiles_like_eager,
+    assert_equal_up_to_rounding,
+    assert_same_weights,
+    logged,
+)
 
 pytest.importorskip("transformers")
 
@@ -224,22 +230,11 @@ def test_activation_checkpointing_of_a_hf_model_gives_equal_losses(corpus, tmp_p
 
 @pytest.mark.parametrize("hf", [LLAMA, GPT2], ids=["llama", "gpt2-conv1d-tied"])
 def test_a_hf_model_compiles_with_eager_results(hf):
-    # What train.compile needs of the adapter: the same loss and gradients. aot_eager traces as
-    # inductor does without generating C++ (minutes on 2 cores; the slow test below runs it).
     from hyperp.hf import CausalLM, build_hf_model
 
     torch.manual_seed(0)
-    model = CausalLM(build_hf_model(hf))
     tokens = torch.randint(0, 512, (2, 17), generator=torch.Generator().manual_seed(0))
-    eager = model(tokens[:, :-1], tokens[:, 1:]).loss
-    eager.backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    compiled = torch.compile(model, backend="aot_eager")(tokens[:, :-1], tokens[:, 1:]).loss
-    compiled.backward()
-    torch.testing.assert_close(compiled, eager)
-    for grad, p in zip(grads, model.parameters()):
-        torch.testing.assert_close(p.grad, grad)
+    assert_compiles_like_eager(CausalLM(build_hf_model(hf)), tokens)
 
 
 @pytest.mark.slow

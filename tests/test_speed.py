@@ -8,7 +8,7 @@ import torch._inductor.config
 from hyperp.model import ModelConfig, Transformer
 from hyperp.model.transformer import checkpoint_blocks
 from hyperp.train.trainer import _precision, train
-from training import PIN_FP32, config, logged
+from training import PIN_FP32, assert_compiles_like_eager, config, logged
 
 QUICK = {**PIN_FP32, "train.steps": 3, "train.eval_every": 0, "train.monitor_every": 0,
          "train.checkpoint_every": 0}  # fmt: skip
@@ -50,22 +50,10 @@ def test_activation_checkpointing_gives_equal_losses(corpus, tmp_path):
 
 
 def test_model_compiles_as_one_graph_with_eager_results():
-    # What train.compile needs from the model: one graph (no breaks) forward and backward, and
-    # the same loss and gradients. aot_eager traces like inductor without generating C++ code,
-    # which takes minutes on a busy 2-core machine (the slow test below runs inductor itself).
+    # one graph (no breaks) forward and backward, and the same loss and gradients
     config_ = ModelConfig(depth=2, width=32, head_dim=16, n_kv_heads=2, vocab_size=96, context=16)
     tokens = torch.randint(0, 96, (4, 17), generator=torch.Generator().manual_seed(0))
-    model = Transformer(config_)
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    eager_loss = model(tokens[:, :-1], tokens[:, 1:]).loss
-    eager_loss.backward()
-    eager_grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    loss = compiled(tokens[:, :-1], tokens[:, 1:]).loss
-    loss.backward()
-    torch.testing.assert_close(loss, eager_loss)
-    for grad, p in zip(eager_grads, model.parameters()):
-        torch.testing.assert_close(p.grad, grad)
+    assert_compiles_like_eager(Transformer(config_), tokens, fullgraph=True)
 
 
 @pytest.mark.slow

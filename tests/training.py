@@ -120,6 +120,22 @@ def assert_equal_up_to_rounding(reference: Path, run: Path, ns_dtype: str) -> No
         torch.testing.assert_close(matrices.norm(dim=(-2, -1)), radius, rtol=1e-5, atol=0)
 
 
+def assert_compiles_like_eager(model, tokens, fullgraph: bool = False) -> None:
+    """What train.compile needs from a model: the same loss and gradients compiled as eager.
+    aot_eager traces as inductor does without generating C++ code (minutes on a busy 2-core
+    machine; the slow tests run inductor itself)."""
+    eager = model(tokens[:, :-1], tokens[:, 1:]).loss
+    eager.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=fullgraph)
+    loss = compiled(tokens[:, :-1], tokens[:, 1:]).loss
+    loss.backward()
+    torch.testing.assert_close(loss, eager)
+    for grad, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(p.grad, grad)
+
+
 def assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = final_weights(a), final_weights(b)
     assert wa.keys() == wb.keys()
