@@ -370,6 +370,20 @@ def test_width_roles_finds_the_role_whose_optimum_moves(tmp_path):
     assert "The drift comes from the head's LR" in result.findings[0]
 
 
+def test_width_roles_says_which_role_moves_when_the_other_is_not_resolved():
+    from hyperp.reproduce.studies.width_roles import finding
+
+    def claim(estimate, interval, outcome):
+        return {"estimate": estimate, "interval": interval, "verdict": {"outcome": outcome}}
+
+    head = claim(0.53, [0.36, 0.66], "contradicted")
+    matrix = claim(0.91, [0.63, 1.17], "not resolved")
+    text = finding(head, matrix)
+    assert "The head's LR moves with width" in text
+    assert "whether the hidden matrices' moves too is not resolved" in text
+    assert "do not resolve which role" in finding(matrix, matrix)
+
+
 def test_width_tokens_sees_the_drift_shrink_with_tokens(tmp_path):
     runner = make_runner(tmp_path / "runs")
     item = study("width_tokens")

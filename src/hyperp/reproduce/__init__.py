@@ -233,6 +233,7 @@ def reproduce(options: ReproduceOptions) -> Path:
         "size": options.size,
         "size_description": SIZES[options.size].description,
         "command": shlex.join(base),
+        "on_request": [name for name in studies if study(name).on_request],
         "runs_dir": out_text,
         "results_file": _display(results_path, report.parent),
         "thresholds": thresholds(),

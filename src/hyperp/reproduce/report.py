@@ -179,7 +179,13 @@ def render_markdown(results: dict[str, Any]) -> str:
         "## What was run",
         "",
         f"- Command: `{results['command']}` ({results['size_description']}). Rerunning it "
-        "resumes: finished runs are kept and the same numbers come back.",
+        "resumes: finished runs are kept and the same numbers come back."
+        + (
+            f" The {len(results['on_request'])} diagnosis studies here run only when named with "
+            "`--only` (their sections give their commands) and are not part of that time."
+            if results.get("on_request")
+            else ""
+        ),
         "- Runs (every run the studies here train, those that tune another study's setting "
         f"included): {results['runs']['finished']} finished, {results['runs']['diverged']} diverged "
         f"(they count as diverged points of their LR curves), {results['runs']['failed']} failed "

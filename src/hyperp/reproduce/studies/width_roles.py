@@ -98,4 +98,12 @@ def finding(head: dict[str, Any], matrix: dict[str, Any]) -> str:
             " Neither role's optimum moves on its own with the other held fixed: the width "
             "study's drift comes from their interplay (one shared LR for both)."
         )
+    for role, other in (("head", "matrix"), ("matrix", "head")):
+        if moves[role] == "contradicted" and moves[other] == "not resolved":
+            names = {"head": "head's", "matrix": "hidden matrices'"}
+            return text + (
+                f" The {names[role]} LR moves with width; whether the {names[other]} moves too "
+                "is not resolved (its interval holds both no drift and a drift past the "
+                "threshold): more seeds or a finer grid for its curves."
+            )
     return text + " The data do not resolve which role drifts: more seeds or a finer grid."
