@@ -41,7 +41,8 @@ WORDS = [
 ]
 
 
-def _write_docs(directory: Path, count: int, words: int = 120, seed: int = 0) -> list[str]:
+def write_docs(directory: Path, count: int, words: int = 120, seed: int = 0) -> list[str]:
+    """``count`` text files of ``words`` random words from a small vocabulary; their texts."""
     rng = random.Random(seed)
     directory.mkdir(parents=True, exist_ok=True)
     texts = []
@@ -59,7 +60,7 @@ def _meta(path: Path) -> dict:
 def test_prepare_text_directory_round_trips_through_the_tokenizer(tmp_path):
     from tokenizers import Tokenizer
 
-    texts = _write_docs(tmp_path / "text", 12)
+    texts = write_docs(tmp_path / "text", 12)
     out = prepare([tmp_path / "text"], tmp_path / "out", vocab_size=320, val_fraction=0.2)
     meta = _meta(out)
     corpus = open_corpus(out)
@@ -111,7 +112,7 @@ def test_prepare_parquet_column(tmp_path):
 
 
 def test_split_is_deterministic_by_content_and_seed(tmp_path):
-    _write_docs(tmp_path / "text", 40)
+    write_docs(tmp_path / "text", 40)
     kwargs = dict(vocab_size=300, val_fraction=0.25)
     first = _meta(prepare([tmp_path / "text"], tmp_path / "a", seed=3, **kwargs))
     second = _meta(prepare([tmp_path / "text"], tmp_path / "b", seed=3, **kwargs))
@@ -129,7 +130,7 @@ def test_split_is_deterministic_by_content_and_seed(tmp_path):
 
 
 def test_split_does_not_depend_on_input_order(tmp_path):
-    _write_docs(tmp_path / "text", 30)
+    write_docs(tmp_path / "text", 30)
     files = sorted((tmp_path / "text").iterdir())
     tokenizer = prepare(files, tmp_path / "ref", vocab_size=300) / "tokenizer.json"
     kwargs = dict(tokenizer=tokenizer, val_fraction=0.3)
@@ -151,7 +152,7 @@ def test_undecodable_bytes_are_replaced_and_counted(tmp_path):
 
 
 def test_binary_files_in_directories_are_skipped(tmp_path):
-    _write_docs(tmp_path / "in", 3)
+    write_docs(tmp_path / "in", 3)
     (tmp_path / "in/image.png").write_bytes(b"\x89PNG\x00\x00\x01" * 100)
     meta = _meta(prepare([tmp_path / "in"], tmp_path / "out", vocab_size=300))
     assert meta["skipped_binary_files"] == 1 and meta["documents"] == 3
@@ -186,7 +187,7 @@ def test_empty_input_is_a_clear_error(tmp_path):
 
 
 def test_vocab_too_small_and_bad_options_are_clear_errors(tmp_path):
-    _write_docs(tmp_path / "text", 2)
+    write_docs(tmp_path / "text", 2)
     with pytest.raises(ValueError, match=r"vocab size 100 is too small.*--vocab-size 257"):
         prepare([tmp_path / "text"], tmp_path / "out", vocab_size=100)
     with pytest.raises(ValueError, match="--val-fraction must be in"):
@@ -198,7 +199,7 @@ def test_vocab_too_small_and_bad_options_are_clear_errors(tmp_path):
 
 
 def test_given_tokenizer_and_small_shards(tmp_path):
-    _write_docs(tmp_path / "text", 10)
+    write_docs(tmp_path / "text", 10)
     first = prepare([tmp_path / "text"], tmp_path / "a", vocab_size=300, val_fraction=0.0)
     second = prepare(
         [tmp_path / "text"],
@@ -215,7 +216,7 @@ def test_given_tokenizer_and_small_shards(tmp_path):
 
 
 def test_rerun_replaces_an_earlier_preparation(tmp_path):
-    _write_docs(tmp_path / "text", 4)
+    write_docs(tmp_path / "text", 4)
     prepare([tmp_path / "text"], tmp_path / "out", vocab_size=300, shard_tokens=100)
     many = len(list((tmp_path / "out").glob("train_*.bin")))
     prepare([tmp_path / "text"], tmp_path / "out", vocab_size=300)
@@ -260,7 +261,7 @@ def test_cli_prepare_prints_a_summary(tmp_path, capsys):
     from hyperp.cli import VERBS
 
     assert VERBS["prepare"] == "hyperp.cli.prepare"
-    _write_docs(tmp_path / "text", 6)
+    write_docs(tmp_path / "text", 6)
     code = _run_verb(
         [
             "prepare",
@@ -281,7 +282,7 @@ def test_cli_prepare_prints_a_summary(tmp_path, capsys):
 
 
 def test_output_inside_an_input_directory_is_not_read_back(tmp_path):
-    _write_docs(tmp_path / "text", 5)
+    write_docs(tmp_path / "text", 5)
     first = _meta(prepare([tmp_path / "text"], tmp_path / "text/tok", vocab_size=300))
     second = _meta(prepare([tmp_path / "text"], tmp_path / "text/tok", vocab_size=300))
     assert first["documents"] == second["documents"] == 5
@@ -330,7 +331,7 @@ def test_cli_reports_user_mistakes_in_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_binary_files_named_explicitly_are_skipped_with_a_warning(tmp_path):
-    _write_docs(tmp_path / "text", 3)
+    write_docs(tmp_path / "text", 3)
     program = tmp_path / "ls.txt"
     program.write_bytes(Path("/bin/ls").read_bytes() if Path("/bin/ls").exists() else b"\x7fELF\0")
     with pytest.warns(UserWarning, match=r"skipped 1 binary file.*ls\.txt"):
@@ -354,7 +355,7 @@ def test_parquet_files_in_a_directory_are_read(tmp_path):
 def test_gzip_inputs_are_read(tmp_path):
     import gzip
 
-    texts = _write_docs(tmp_path / "plain", 4)
+    texts = write_docs(tmp_path / "plain", 4)
     (tmp_path / "gz").mkdir()
     for index, text in enumerate(texts):
         (tmp_path / f"gz/doc{index}.txt.gz").write_bytes(gzip.compress(text.encode()))
@@ -392,7 +393,7 @@ def test_validation_split_holds_the_requested_share_of_the_text(tmp_path):
     (tmp_path / "in/book.txt").write_text(
         "\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(3000))
     )
-    _write_docs(tmp_path / "in/notes", 30, words=60)
+    write_docs(tmp_path / "in/notes", 30, words=60)
     out = prepare([tmp_path / "in"], tmp_path / "out", vocab_size=300, val_fraction=0.1)
     val, train = _validation_characters(out)
     share = val / (val + train)
@@ -423,7 +424,7 @@ def test_default_validation_split_is_usable_on_a_skewed_corpus():
 
 
 def test_a_small_validation_split_warns_and_names_the_option(tmp_path):
-    _write_docs(tmp_path / "text", 10)
+    write_docs(tmp_path / "text", 10)
     with pytest.warns(
         UserWarning, match=r"validation split has only [\d,]+ tokens.*--val-fraction"
     ):
@@ -439,7 +440,7 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(progress, "LINE_SECONDS", 0.0)
     monkeypatch.setattr(cli, "VERBS", {"prepare": "hyperp.cli.prepare"})
-    _write_docs(tmp_path / "text", 20)
+    write_docs(tmp_path / "text", 20)
     code = cli.main(["prepare", str(tmp_path / "text"), "--out", str(tmp_path / "o")])
     assert code == 0
     lines = capsys.readouterr().err.splitlines()
@@ -458,7 +459,7 @@ def test_progress_bar_on_a_terminal(tmp_path):
 
     from support import subprocess_env
 
-    _write_docs(tmp_path / "text", 20)
+    write_docs(tmp_path / "text", 20)
     leader, follower = pty.openpty()
     # A terminal 100 columns wide (a fresh pseudo-terminal has none).
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -20,37 +19,15 @@ import pytest
 from hyperp.data import open_corpus, prepare
 from support import subprocess_env
 from test_bad_inputs import pickle_payload, tree_state
+from test_data_prepare import write_docs
 
 pytestmark = pytest.mark.filterwarnings("ignore:the validation split has only:UserWarning")
 
 HYPERP = [sys.executable, "-m", "hyperp"]
-WORDS = [
-    "the",
-    "cat",
-    "sat",
-    "on",
-    "a",
-    "mat",
-    "while",
-    "dogs",
-    "ran",
-    "far",
-    "away",
-    "from",
-    "every",
-    "loud",
-    "noise",
-    "in",
-    "town",
-]
 
 
 def _write_docs(directory: Path, count: int, words: int = 150, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        text = " ".join(rng.choice(WORDS) for _ in range(words)) + f"\nfile {index}\n"
-        (directory / f"doc{index:03d}.txt").write_text(text)
+    write_docs(directory, count, words, seed)
     return directory
 
 
