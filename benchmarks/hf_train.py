@@ -31,7 +31,7 @@ from hyperp.hf import build_hf_model
 from hyperp.optim import build_optimizer, role_map
 from hyperp.rules import lr_schedule
 from hyperp.train import load_config
-from trainer_throughput import trainer_run
+from trainer_throughput import timed_run_overrides, trainer_run
 
 
 def plain_loop(config, corpus, steps: int, warmup: int, log_every: int) -> float:
@@ -105,18 +105,13 @@ def main() -> None:
             "max_position_embeddings": args.seq_len,
         }
         overrides = {
+            **timed_run_overrides(args.steps, log_every),
             "model.hf_config": llama,
             "data.path": str(path),
-            "train.steps": args.steps,
             "train.batch_size": args.batch_size,
             "train.seq_len": args.seq_len,
             "train.precision": "fp32",
             "optim.ns_dtype": "fp32",
-            "train.log_every": log_every,
-            "train.eval_batches": 0,
-            "train.monitor_every": 0,
-            "train.checkpoint_every": 0,
-            "train.progress": False,
             "train.threads": args.threads,
         }
         config = load_config(None, overrides).resolve(corpus.vocab_size)

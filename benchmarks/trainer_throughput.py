@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from hyperp.data import TrainLoader, default_corpus, open_corpus
+from hyperp.data import TrainLoader, run_corpus
 from hyperp.model import Transformer
 from hyperp.optim import build_optimizer
 from hyperp.rules import lr_schedule
@@ -69,6 +69,19 @@ def trainer_run(config, warmup: int, log_every: int) -> float:
     return statistics.median(rates)
 
 
+def timed_run_overrides(steps: int, log_every: int) -> dict:
+    """A trainer run that does only the steps: no evaluation, monitor, checkpoints or progress
+    bar; tokens/s logged every ``log_every`` steps."""
+    return {
+        "train.steps": steps,
+        "train.log_every": log_every,
+        "train.eval_batches": 0,
+        "train.monitor_every": 0,
+        "train.checkpoint_every": 0,
+        "train.progress": False,
+    }
+
+
 def loader_rate(config, corpus, batches: int = 2000) -> float:
     loader = TrainLoader(
         corpus.train, batch_size=config.train.batch_size, context=config.train.seq_len, seed=1
@@ -89,21 +102,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     log_every = 10
-    overrides = {
-        "train.steps": args.steps,
-        "train.log_every": log_every,
-        "train.eval_batches": 0,
-        "train.monitor_every": 0,
-        "train.checkpoint_every": 0,
-        "train.progress": False,
-    }
+    overrides = timed_run_overrides(args.steps, log_every)
     config = load_config(args.config, overrides)
-    corpus = open_corpus(
-        config.data.path
-        or default_corpus(
-            vocab_size=config.data.vocab_size, max_bytes=config.data.max_bytes or None
-        )
-    )
+    corpus = run_corpus(config, prepare=True)
     config = config.resolve(corpus.vocab_size)
     print(
         f"model depth {config.model.depth} width {config.model.width}, batch "

@@ -206,7 +206,8 @@ def resolve_hf(
             from hyperp.train.initial import _weight_files
 
             _weight_files(directory, "model.hf")  # every shard a file beside the index
-    if optim.method == "muon" and (optim.base_depth or 0) not in (0, hf_shape(data)["depth"]):
+    shape = hf_shape(data)
+    if optim.method == "muon" and (optim.base_depth or 0) not in (0, shape["depth"]):
         raise ValueError(
             "the Muon baseline multiplies the logits by d0/d, which a Hugging Face model has no "
             "place for; leave optim.base_depth unset (d0 = d) or use optim.method hyperp or adamw"
@@ -221,7 +222,6 @@ def resolve_hf(
             f"model_type {data['model_type']!r} does not support gradient checkpointing in "
             "transformers, so train.activation_checkpointing cannot apply; set it to false"
         )
-    shape = hf_shape(data)
     if shape["vocab_size"] < data_vocab_size:
         raise ValueError(
             f"the model's vocab_size {shape['vocab_size']} is smaller than the data's "
@@ -344,6 +344,11 @@ class CausalLM(nn.Module):
     def context(self) -> int:
         return hf_shape(self.hf.config.to_dict())["context"]
 
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """The decoder layers, which FSDP2 shards one by one (as our ``Transformer.blocks``)."""
+        return decoder_layers(self.hf)
+
     def checkpoint_layers(self) -> None:
         """Activation checkpointing per decoder layer, by transformers' own gradient
         checkpointing (non-reentrant, as for our blocks); :func:`resolve_hf` has refused models
@@ -359,7 +364,7 @@ class CausalLM(nn.Module):
 
     def monitor_points(self) -> tuple[list[nn.Module], nn.Module | None]:
         """The decoder layers and the head, for :func:`hyperp.monitor.collect`'s hooks."""
-        return decoder_layers(self.hf), self.hf.get_output_embeddings()
+        return self.blocks, self.hf.get_output_embeddings()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.hf.get_input_embeddings()
@@ -391,17 +396,16 @@ class CausalLM(nn.Module):
         context = self.context or prompt.shape[1] + max_new_tokens
         past = None
 
-        def start(tokens: torch.Tensor) -> torch.Tensor:
+        def extend(tokens: torch.Tensor) -> torch.Tensor:
             nonlocal past
-            out = self.hf(input_ids=tokens, use_cache=True)
+            out = self.hf(input_ids=tokens, past_key_values=past, use_cache=True)
             past = out.past_key_values
             return out.logits[:, -1]
 
-        def extend(token: torch.Tensor) -> torch.Tensor:
+        def start(tokens: torch.Tensor) -> torch.Tensor:
             nonlocal past
-            out = self.hf(input_ids=token, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            return out.logits[:, -1]
+            past = None
+            return extend(tokens)
 
         sampling = (temperature, top_k, top_p, generator)
         yield from decode(start, extend, prompt, max_new_tokens, context, *sampling)

@@ -134,9 +134,7 @@ class StabilityStats:
     ) -> None:
         self._attn_sq[layer].add(attn_out.float().square().sum(), attn_out.numel())
         self._mlp_sq[layer].add(mlp_out.float().square().sum(), mlp_out.numel())
-        self._residual_sq[layer].add(residual.float().square().sum(), residual.numel())
-        outliers, elements = outlier_fraction(residual)
-        self._outliers[layer].add(outliers, elements)
+        self.record_residual(layer, residual)
 
     @torch.no_grad()
     def record_residual(self, layer: int, residual: torch.Tensor) -> None:

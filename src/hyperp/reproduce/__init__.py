@@ -159,15 +159,12 @@ def check_corpus(runner: Runner, names: list[str]) -> None:
             break
     if config is None:
         return
-    from hyperp.data import default_corpus, open_corpus
+    from hyperp.data import run_corpus
 
-    data = config.data
-    if data.path:
-        corpus = open_corpus(data.path, vocab_size=config.model.vocab_size)
-        where = f"the corpus at {data.path}"
+    corpus = run_corpus(config, prepare=True)
+    if config.data.path:
+        where = f"the corpus at {config.data.path}"
     else:
-        path = default_corpus(vocab_size=data.vocab_size, max_bytes=data.max_bytes or None)
-        corpus = open_corpus(path)
         where = "the built-in corpus (the Python standard library's sources, about 12M tokens)"
     available = len(corpus.train)
     if largest > available:

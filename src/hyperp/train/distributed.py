@@ -162,11 +162,9 @@ class Parallel:
     replicate_group: dist.ProcessGroup | None = None
 
 
-def parallelize(
-    model: nn.Module, dist_info: Distributed, strategy: str, shard_size: int = 0, layers=None
-):
-    """Wrap ``model`` for ``strategy``; FSDP2 shards each of ``layers`` (default: the
-    model's ``blocks``), then the root."""
+def parallelize(model: nn.Module, dist_info: Distributed, strategy: str, shard_size: int = 0):
+    """Wrap ``model`` for ``strategy``; FSDP2 shards each of the model's ``blocks`` (our
+    transformer blocks, or a Hugging Face model's decoder layers), then the root."""
     if not dist_info.enabled:
         return Parallel(model)
     if strategy == "ddp":
@@ -191,7 +189,7 @@ def parallelize(
         )
     else:
         mesh = init_device_mesh(dist_info.device.type, (world,), mesh_dim_names=("shard",))
-    for block in model.blocks if layers is None else layers:
+    for block in model.blocks:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return Parallel(model)

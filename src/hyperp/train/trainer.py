@@ -37,7 +37,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from hyperp import monitor
 from hyperp.data import Corpus, TrainLoader, run_corpus, validation_batches
 from hyperp.fileio import atomic_write_json, atomic_write_text
-from hyperp.hf import CausalLM, build_hf_model, decoder_layers
+from hyperp.hf import CausalLM, build_hf_model
 from hyperp.model import Transformer
 from hyperp.model.transformer import checkpoint_blocks
 from hyperp.optim import GroupedOptimizer, build_optimizer
@@ -320,8 +320,7 @@ class Trainer:
             load_initial_weights(model, self._init_from, config.model)
         roles = role_map(model)  # before sharding, which drops what tensors carry
         shard_size = train.shard_size or int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
-        layers = decoder_layers(model) if config.model.is_hf else model.blocks
-        parallel = parallelize(model, dist, train.distributed, shard_size, layers)
+        parallel = parallelize(model, dist, train.distributed, shard_size)
         module = torch.compile(parallel.module) if train.compile else parallel.module
         ns_dtype, ns_reason = self._ns_dtype(config)
         optimizer, scheduler = _optimizer(config, plan, model, roles, parallel, ns_dtype)
